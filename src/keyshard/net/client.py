@@ -1,0 +1,182 @@
+"""Client connections: parse requests, keep replies in request order, close like nutcracker.
+
+Rule 1: every request that expects a reply is appended to `queue` when it is parsed; replies
+        are written from the head of `queue` only, so they leave in request order.
+Rule 2: after QUIT or a protocol error nothing more is parsed; the connection closes once the
+        earlier requests are answered (nutcracker's behaviour for bad input).
+Rule 3: a client that half-closes (EOF) still gets its pending replies, then is closed.
+        A client that goes away drops the replies still in flight (`closed` is set; servers
+        still pair and discard them).
+Rule 4: flow control: reading pauses while the client has more than `MAX_PENDING` requests
+        awaiting replies, or while its socket does not drain (`pause_writing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from keyshard.net.writer import Writer
+from keyshard.protocol.base import (
+    KIND_AUTH,
+    KIND_FORWARD,
+    KIND_PING,
+    KIND_QUIT,
+    KIND_SPLIT,
+    Request,
+)
+
+if TYPE_CHECKING:
+    from keyshard.net.runtime import PoolRuntime
+
+log = logging.getLogger("keyshard.client")
+
+MAX_PENDING = 4096  # requests awaiting replies before we stop reading from the client
+RESUME_PENDING = MAX_PENDING // 2
+
+
+class ClientConn(asyncio.Protocol, Writer):
+    def __init__(self, runtime: PoolRuntime) -> None:
+        self.runtime = runtime
+        self.flusher = runtime.flusher
+        self.codec = runtime.codec
+        self.parser = runtime.codec.request_parser(runtime.max_key_len)
+        self.transport: Any = None
+        self.wbuf: list[bytes] = []
+        self.dirty = False
+        self.queue: deque[Request] = deque()
+        self.closing = False  # QUIT or protocol error seen: answer what came before, then close
+        self.eof = False
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+        self.authenticated = runtime.conf.redis_auth is None
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.runtime.conf.tcpkeepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        self.runtime.client_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        reqs = self.parser.feed(data)
+        if reqs:
+            self.runtime.dispatch(self, reqs)
+        if self.parser.error is not None and not self.closing:
+            if log.isEnabledFor(logging.INFO):
+                log.info("client protocol error: %s", self.parser.error)
+            self.runtime.stats.client_err += 1
+            self.close_after_replies()
+        elif len(self.queue) > MAX_PENDING and not self.read_paused:
+            self.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.runtime.stats.client_eof += 1
+        if not self.queue:
+            return False  # nothing pending: let the transport close
+        self.closing = True
+        return True  # keep the write side open for the pending replies (Rule 3)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.closing = True
+        self.transport = None
+        self.queue.clear()
+        self.runtime.client_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.maybe_resume()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def local(self, req: Request) -> None:
+        """Answer a request that never leaves the proxy (PING, AUTH, QUIT)."""
+        kind = req.kind
+        if kind == KIND_QUIT:
+            self.close_after_replies()
+            return
+        if kind == KIND_AUTH:
+            reply, self.authenticated = self.codec.auth_reply(req, self.runtime.conf.redis_auth)
+        elif not self.authenticated:
+            reply = self.codec.NOAUTH
+        elif kind == KIND_PING:
+            reply = self.codec.PONG
+        else:
+            raise AssertionError(f"not a local request: {req!r}")
+        req.reply = reply
+        self.queue.append(req)
+
+    def close_after_replies(self) -> None:
+        self.closing = True
+        if not self.queue:
+            self.close()
+
+    def req_done(self, req: Request) -> None:
+        """A reply is known for `req`: write every finished reply at the head of the queue."""
+        queue = self.queue
+        if not queue or queue[0] is not req:
+            return  # an earlier request is still waiting; it will drain this one too
+        write = self.write
+        while queue:
+            head = queue[0]
+            reply = head.reply
+            if reply is None:
+                break
+            queue.popleft()
+            write(reply)
+        if not queue and self.closing:
+            self.close()
+        elif self.read_paused:
+            self.maybe_resume()
+
+    def req_failed(self, req: Request, reply: bytes) -> None:
+        req.reply = reply
+        self.req_done(req)
+
+    # -- flow control and closing ---------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def maybe_resume(self) -> None:
+        if (self.read_paused and not self.write_paused and len(self.queue) <= RESUME_PENDING
+                and self.transport is not None and not self.closing):
+            self.read_paused = False
+            try:
+                self.transport.resume_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self.flush()
+        transport.close()
+
+
+__all__ = ["ClientConn", "KIND_FORWARD", "KIND_SPLIT"]

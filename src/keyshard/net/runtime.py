@@ -1,0 +1,252 @@
+"""One pool at run time: routes requests to server connections and splits multi-key requests.
+
+Rule 1: the sans-IO `ServerPool` decides where a key goes and when a server is ejected; this
+        module only applies its decisions (it passes the loop's clock in).
+Rule 2: each server has at most `server_connections` connections, opened lazily (or one at
+        start with `preconnect`) and used round-robin, as nutcracker does.
+Rule 3: a request for a server that cannot be reached fails at once with nutcracker's error
+        reply; the proxy never retries (the client does).
+Rule 4: a split request (MGET, DEL, get k1 k2, ...) becomes one fragment per server; the
+        parent's reply is the codec's merge once every fragment is answered, or the first
+        fragment's error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from keyshard.net.server import ECONNREFUSED, EINVAL, ServerConn
+from keyshard.pool import ServerPool
+from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
+from keyshard.stats import PoolStats, ServerStats
+
+if TYPE_CHECKING:
+    from keyshard.config import PoolConf, ServerConf
+    from keyshard.net.client import ClientConn
+    from keyshard.net.writer import Flusher
+
+log = logging.getLogger("keyshard.pool")
+
+
+def codec_for(conf: PoolConf) -> Any:
+    if conf.redis:
+        from keyshard.protocol.redis import CODEC as redis_codec
+
+        return redis_codec
+    from keyshard.protocol.memcache import CODEC as memcache_codec
+
+    return memcache_codec
+
+
+class ServerSlot:
+    """One backend server of a pool: its connections, stats and failure bookkeeping."""
+
+    def __init__(self, runtime: PoolRuntime, index: int, conf: ServerConf) -> None:
+        self.runtime = runtime
+        self.index = index
+        self.conf = conf
+        self.stats = ServerStats()
+        self.conns: list[ServerConn] = []
+        self.next = 0
+
+    def conn(self) -> ServerConn:
+        conns = self.conns
+        if len(conns) < self.runtime.conf.server_connections:
+            return self.open()
+        if len(conns) == 1:
+            return conns[0]
+        self.next = (self.next + 1) % len(conns)
+        return conns[self.next]
+
+    def open(self) -> ServerConn:
+        conn = ServerConn(self.runtime, self)
+        self.conns.append(conn)
+        self.stats.total_connections += 1
+        task = self.runtime.loop.create_task(conn.connect())
+        self.runtime.tasks.add(task)
+        task.add_done_callback(self.runtime.tasks.discard)
+        return conn
+
+    def conn_closed(self, conn: ServerConn) -> None:
+        try:
+            self.conns.remove(conn)
+        except ValueError:
+            pass
+
+    def ok(self) -> None:
+        pool = self.runtime.pool
+        if pool.auto_eject:
+            pool.success(self.index)
+
+    def failed(self, reason: str) -> None:
+        runtime = self.runtime
+        if runtime.pool.failure(self.index, runtime.loop.time()):
+            runtime.stats.server_ejects += 1
+            self.stats.server_ejected_at = int(time.time() * 1_000_000)
+            if log.isEnabledFor(logging.WARNING):
+                log.warning("ejected server %s of pool %s: %s", self.conf.pname,
+                            runtime.conf.name, reason)
+
+
+class SplitOwner:
+    """Collects the fragment replies of one split request (Rule 4)."""
+
+    __slots__ = ("runtime", "parent", "replies", "pending", "error")
+
+    def __init__(self, runtime: PoolRuntime, parent: Request, nfrags: int) -> None:
+        self.runtime = runtime
+        self.parent = parent
+        self.replies: list[bytes | None] = [None] * nfrags
+        self.pending = nfrags
+        self.error: bytes | None = None
+
+    def req_done(self, frag: Request) -> None:
+        self.replies[frag.ctx] = frag.reply
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def req_failed(self, frag: Request, reply: bytes) -> None:
+        if self.error is None:
+            self.error = reply
+        self.replies[frag.ctx] = reply
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def finish(self) -> None:
+        runtime = self.runtime
+        parent = self.parent
+        codec = runtime.codec
+        reply = self.error
+        failed = reply is not None
+        if reply is None:
+            try:
+                reply = codec.merge(parent, parent.ctx, self.replies)
+            except MergeError:
+                failed = True
+                runtime.stats.forward_error += 1
+                reply = codec.error_reply(EINVAL)
+        client = parent.owner
+        parent.reply = reply
+        if failed and codec.close_on_split_error(parent) and not client.closed:
+            runtime.stats.client_err += 1
+            client.close_after_replies()
+        client.req_done(parent)
+
+
+class PoolRuntime:
+    def __init__(self, conf: PoolConf, loop: asyncio.AbstractEventLoop, flusher: Flusher,
+                 mbuf_size: int = 16384) -> None:
+        self.conf = conf
+        self.loop = loop
+        self.flusher = flusher
+        self.codec = codec_for(conf)
+        self.max_key_len = mbuf_size - 48
+        self.pool = ServerPool(conf)
+        self.stats = PoolStats()
+        self.timeout = conf.timeout / 1000.0 if conf.timeout > 0 else 0.0
+        self.handshake: list[bytes] = list(self.codec.server_handshake(conf.redis_auth,
+                                                                       conf.redis_db))
+        self.slots = [ServerSlot(self, i, s) for i, s in enumerate(conf.servers)]
+        self.clients: set[ClientConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.paused_servers: set[ServerConn] = set()
+
+    def preconnect(self) -> None:
+        for slot in self.slots:
+            if not slot.conns:
+                slot.open()
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def client_opened(self, client: ClientConn) -> None:
+        self.clients.add(client)
+        self.stats.total_clients += 1
+        if self.paused_servers:
+            client.pause_reading()
+
+    def client_closed(self, client: ClientConn) -> None:
+        self.clients.discard(client)
+
+    def dispatch(self, client: ClientConn, reqs: list[Request]) -> None:
+        """Route every request of one read (the hot path)."""
+        queue = client.queue
+        now = self.loop.time()
+        route = self.pool.route
+        slots = self.slots
+        for req in reqs:
+            kind = req.kind
+            if kind == KIND_FORWARD and client.authenticated:
+                req.owner = client
+                if not req.noreply:
+                    queue.append(req)
+                idx = route(req.key, now)
+                if idx < 0:
+                    self.refuse(req)
+                    continue
+                slot = slots[idx]
+                stats = slot.stats
+                stats.requests += 1
+                stats.request_bytes += len(req.raw)
+                slot.conn().send(req)
+            elif kind == KIND_SPLIT and client.authenticated:
+                req.owner = client
+                queue.append(req)
+                self.split(req, now)
+            else:
+                req.owner = client
+                client.local(req)
+                if client.closing:
+                    break
+        if queue and queue[0].reply is not None:
+            client.req_done(queue[0])
+
+    def refuse(self, req: Request) -> None:
+        self.stats.forward_error += 1
+        if req.noreply:
+            return
+        req.reply = self.codec.error_reply(ECONNREFUSED)
+
+    def split(self, req: Request, now: float) -> None:
+        route = self.pool.route
+        frags, req.ctx = self.codec.split(req, lambda key: route(key, now))
+        owner = SplitOwner(self, req, len(frags))
+        for pos, (idx, raw) in enumerate(frags):
+            frag = Request(raw, KIND_FORWARD, req.cmd, b"")
+            frag.owner = owner
+            frag.ctx = pos
+            if idx < 0:
+                self.stats.forward_error += 1
+                owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
+                continue
+            slot = self.slots[idx]
+            slot.stats.requests += 1
+            slot.stats.request_bytes += len(raw)
+            slot.conn().send(frag)
+
+    # -- flow control: a server that does not drain pauses every client of the pool ----------
+
+    def server_paused(self, conn: ServerConn) -> None:
+        self.paused_servers.add(conn)
+        for client in self.clients:
+            client.pause_reading()
+
+    def server_resumed(self, conn: ServerConn) -> None:
+        self.paused_servers.discard(conn)
+        if not self.paused_servers:
+            for client in self.clients:
+                client.maybe_resume()
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for slot in self.slots:
+            for conn in list(slot.conns):
+                if conn.transport is not None:
+                    conn.transport.close()
+        for task in self.tasks:
+            task.cancel()

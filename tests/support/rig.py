@@ -1,0 +1,112 @@
+"""A proxy with its own backends, and raw-socket exchanges with it.
+
+`Rig("keyshard", nbackends=2)` starts two redis-servers (or memcacheds) and a proxy in front
+of them. Differential tests build one rig per proxy kind over identical, separate backends and
+compare what a client receives, byte for byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from tests.support.procs import Keyshard, Memcached, Nutcracker, RedisServer, free_port, pool_yaml
+
+PROXIES = {"keyshard": Keyshard, "nutcracker": Nutcracker}
+
+
+class Rig:
+    def __init__(self, kind: str, nbackends: int = 2, redis: bool = True, verbose: int = 4,
+                 extra: list[str] | None = None, **pool_opts: Any) -> None:
+        self.kind = kind
+        backend = RedisServer if redis else Memcached
+        self.backends: list[Any] = [backend().start() for _ in range(nbackends)]
+        self.port = free_port()
+        opts = {"hash": "fnv1a_64", "distribution": "ketama", "redis": redis}
+        opts.update(pool_opts)
+        servers = [f"{b.addr}:1" for b in self.backends]
+        self.conf = pool_yaml("alpha", self.port, servers, **opts)
+        self.proxy = PROXIES[kind](self.conf, verbose=verbose, extra=extra)
+        try:
+            self.proxy.start(self.port)
+        except Exception:
+            self.close()
+            raise
+
+    def exchange(self, payload: bytes, timeout: float = 10.0) -> bytes:
+        return exchange(self.port, payload, timeout)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def flush_backends(self) -> None:
+        for b in self.backends:
+            if isinstance(b, RedisServer):
+                b.client().flushall()
+            else:
+                exchange(b.port, b"flush_all\r\n")
+
+    def close(self) -> None:
+        self.proxy.cleanup()
+        for b in self.backends:
+            b.cleanup()
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def exchange(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send `payload`, half-close, and return everything received until the proxy closes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        return read_until_eof(sock, timeout)
+    finally:
+        sock.close()
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while len(buf) < n and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def resp(*args: bytes | str | int) -> bytes:
+    """Encode one command as a RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, int):
+            a = str(a)
+        if isinstance(a, str):
+            a = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)

@@ -1,22 +1,74 @@
 """Configuration: the nutcracker.yml directive table, YAML loading, validation.
 
-(Skeleton: the data model below is the contract other modules build on. The loader is
-being written.)
+This module owns turning a nutcracker.yml (the 0.5.0 dialect) into `list[PoolConf]`. It accepts
+exactly the files nutcracker 0.5.0 accepts, rejects exactly those it rejects, and explains a
+rejection with nutcracker's own `conf:` phrase.
+
+Rule 1: `DIRECTIVES` is the single source of truth. The key names, their parsers/validators,
+        their defaults (which are the `PoolConf` defaults) and their documentation
+        (`directive_docs()`) all come from that one table.
+Rule 2: checks run in nutcracker's order, and the first failure wins: (a) the stream holds
+        exactly one YAML document, (b) no disallowed token (flow style, anchors, aliases,
+        tags, directives, `---`, `...`), (c) the event structure (pools of `key: scalar` with
+        exactly one sequence each, depth <= 2), (d) every scalar in document order: empty
+        scalars, unknown or duplicate directives, bad values, (e) each pool in file order:
+        listen present, server_connections, redis_auth, servers, (f) across pools: same
+        listen string, same pool name.
+Rule 3: values are the raw YAML scalar text, never YAML-typed: numbers are read like
+        nutcracker's `nc_atoi` (ASCII digits only, wrapping like a C int), booleans are
+        exactly `true`/`false`, and a sequence under any key applies that key once per item.
+Rule 4: names compare as nutcracker's `string_compare`: UTF-8 bytes, shorter first, then
+        bytewise. Pools come out ordered by name, servers by server name; that order is the
+        server index used by the distributions and the order of the stats.
+Rule 5: the only I/O is reading the file and resolving the listen address (getaddrinfo, first
+        result), which nutcracker does at load time; the resolver can be replaced.
+Rule 6: a rejection raises `ConfigError`; `str()` is one line naming the file, the line, the
+        pool and nutcracker's phrase; `.nc_message` is the exact text nutcracker logs (None
+        where nutcracker logs nothing, e.g. for an empty scalar). Secrets are never echoed.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+try:  # libyaml, the same parser nutcracker links against, when PyYAML was built with it
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - pure-Python PyYAML
+    _Loader = yaml.SafeLoader
 
 
 class ConfigError(Exception):
     """A config file that must not start the proxy. str(err) is one clear line."""
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        pool: str | None = None,
+        line: int | None = None,
+        nc_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pool = pool
+        self.line = line
+        self.nc_message = nc_message
+
 
 @dataclass(frozen=True)
 class ServerConf:
     pname: str  # "host:port:weight" (the entry without its name), for logs
-    name: str  # identity for hashing and stats: explicit name, "host:port", "host" (port 11211), "path:"
+    # identity for hashing and stats: explicit name, "host:port", "host" (port 11211), "path:"
+    name: str
     host: str  # hostname / IP, or the unix socket path
     port: int  # 0 for a unix socket
     weight: int
@@ -44,6 +96,634 @@ class PoolConf:
     auto_eject_hosts: bool = False
     server_retry_timeout: int = 30000  # ms
     server_failure_limit: int = 2
-    client_connections: int = 0
+    client_connections: int = 0  # effective limit: always 0 (unlimited), as nutcracker 0.5.0
     tcpkeepalive: bool = False
     servers: list[ServerConf] = field(default_factory=list)  # sorted as nutcracker sorts them
+    # The value written in the file; nutcracker parses it and then ignores it (issue #477).
+    client_connections_configured: int = 0
+    # The resolved listen address (first getaddrinfo result): family and sockaddr;
+    # AF_UNIX and the path for a unix socket.
+    listen_family: int = 0
+    listen_sockaddr: Any = None
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary of values
+
+HASHES = (
+    "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64",
+    "fnv1a_64", "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
+)
+DISTRIBUTIONS = ("ketama", "modula", "random")
+KETAMA_PORT = 11211  # a server on this port is named "host" (libmemcached compatibility)
+UNIX_PATH_MAX = 108  # sizeof(sun_path): a listen path must be shorter
+
+_SERVER_FORMAT = '"hostname:port:weight [name]"or "/path/unix_socket:weight [name]" format string'
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+Resolver = Callable[[str, int], "tuple[int, Any]"]
+
+
+class _Reject(Exception):
+    """A value nutcracker rejects: `phrase` follows `directive "<name>" ` in its message."""
+
+    def __init__(self, phrase: str, detail: str | None = None) -> None:
+        super().__init__(phrase)
+        self.phrase = phrase
+        self.detail = detail
+
+
+def nc_atoi(text: str) -> int:
+    """nutcracker's atoi: ASCII digits only, C int wrap-around, -1 for anything else."""
+    if not _ASCII_DIGITS.fullmatch(text):
+        return -1
+    # 10**32 is a multiple of 2**32, so the last 32 digits decide the value modulo 2**32.
+    value = int(text[-32:]) & 0xFFFFFFFF
+    return -1 if value >= 0x80000000 else value
+
+
+def valid_port(port: int) -> bool:
+    return 0 < port < 65536
+
+
+def nc_key(name: str) -> tuple[int, bytes]:
+    """Sort key of nutcracker's string_compare: shorter first, then bytewise."""
+    data = name.encode("utf-8", "surrogateescape")
+    return len(data), data
+
+
+def resolve_tcp(host: str, port: int) -> tuple[int, Any]:
+    """First getaddrinfo result for a listen address, as nutcracker's nc_resolve_inet."""
+    try:
+        if not host:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        info = socket.getaddrinfo(
+            host, str(port), socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_NUMERICSERV
+        )
+    except (OSError, UnicodeError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise _Reject(
+            "has an invalid value",
+            f"address resolution of node '{host}' service '{port}' failed: {reason}",
+        ) from None
+    family, _type, _proto, _canon, sockaddr = info[0]
+    return int(family), sockaddr
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsers: text -> value, or _Reject with nutcracker's phrase
+
+
+def _parse_num(text: str, _resolve: Resolver) -> int:
+    num = nc_atoi(text)
+    if num < 0:
+        raise _Reject("is not a number")
+    return num
+
+
+def _parse_bool(text: str, _resolve: Resolver) -> bool:
+    if text in ("true", "false"):
+        return text == "true"
+    raise _Reject('is not "true" or "false"')
+
+
+def _parse_hash(text: str, _resolve: Resolver) -> str:
+    if text not in HASHES:
+        raise _Reject("is not a valid hash")
+    return text
+
+
+def _parse_distribution(text: str, _resolve: Resolver) -> str:
+    if text not in DISTRIBUTIONS:
+        raise _Reject("is not a valid distribution")
+    return text
+
+
+def _parse_hash_tag(text: str, _resolve: Resolver) -> bytes:
+    tag = text.encode("utf-8", "surrogateescape")
+    if len(tag) != 2:
+        raise _Reject("is not a valid hash tag string with two characters")
+    return tag
+
+
+def _parse_bytes(text: str, _resolve: Resolver) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class ListenAddr:
+    """A parsed `listen:` value."""
+
+    raw: str
+    host: str  # host/IP, or the socket path
+    port: int  # 0 for a unix socket
+    unix: bool
+    perm: int
+    family: int
+    sockaddr: Any
+
+
+def _c_strtol_octal(text: str) -> tuple[int, bool]:
+    """C strtol(text, NULL, 8): (value, out_of_range). No digits gives 0, as in C."""
+    match = re.match(r"[ \t\n\v\f\r]*([+-]?)([0-7]*)", text)
+    assert match is not None
+    digits = match.group(2)
+    value = int(digits, 8) if digits else 0
+    if value > 2**63 - 1 + (match.group(1) == "-"):
+        return 0, True
+    return (-value if match.group(1) == "-" else value), False
+
+
+def _parse_unix_listen(text: str) -> ListenAddr:
+    path, perm = text, 0
+    space = text.rfind(" ")
+    if space >= 0:
+        path = text[:space]
+        value, out_of_range = _c_strtol_octal(text[space + 1 :])
+        perm = value & 0xFFFFFFFF  # mode_t
+        if out_of_range or perm > 0o777:
+            raise _Reject(
+                'has an invalid file permission in "socket_path permission" format string'
+            )
+    if len(path.encode("utf-8", "surrogateescape")) >= UNIX_PATH_MAX:
+        too_long = f"unix socket path longer than {UNIX_PATH_MAX - 1} bytes"
+        raise _Reject("has an invalid value", too_long)
+    return ListenAddr(text, path, 0, True, perm, socket.AF_UNIX, path)
+
+
+def _parse_listen(text: str, resolve: Resolver) -> ListenAddr:
+    if text.startswith("/"):
+        return _parse_unix_listen(text)
+    colon = text.rfind(":")
+    if colon < 0:
+        raise _Reject('has an invalid "hostname:port" format string')
+    port = nc_atoi(text[colon + 1 :])
+    if port < 0 or not valid_port(port):
+        raise _Reject('has an invalid port in "hostname:port" format string')
+    host = text[:colon]
+    family, sockaddr = resolve(host, port)
+    return ListenAddr(text, host, port, False, 0, family, sockaddr)
+
+
+def _split_server(text: str) -> tuple[str, str | None, str, str | None, str]:
+    """Split "host:port:weight [name]" / "/path:weight [name]" from the right.
+
+    Returns (pname, name, weight, port, addr); port is None for a unix socket.
+    """
+    rest, name = text, None
+    space = rest.rfind(" ")
+    if space >= 0:
+        rest, name = rest[:space], rest[space + 1 :]
+    pname = rest if name else text
+    colon = rest.rfind(":")
+    if colon < 0:
+        raise _Reject("has an invalid " + _SERVER_FORMAT)
+    rest, weight = rest[:colon], rest[colon + 1 :]
+    colon = rest.rfind(":")
+    if text.startswith("/"):
+        if colon >= 0:
+            raise _Reject("has an invalid " + _SERVER_FORMAT)
+        return pname, name, weight, None, rest
+    if colon < 0 or "\0" in rest[:colon]:
+        raise _Reject("has an invalid " + _SERVER_FORMAT)
+    return pname, name, weight, rest[colon + 1 :], rest[:colon]
+
+
+def _parse_server(text: str, _resolve: Resolver) -> ServerConf:
+    pname, name, weight_text, port_text, addr = _split_server(text)
+    weight = nc_atoi(weight_text)
+    if weight < 0:
+        raise _Reject('has an invalid weight in "hostname:port:weight [name]" format string')
+    if weight == 0:
+        raise _Reject('has a zero weight in "hostname:port:weight [name]" format string')
+    port = 0
+    if port_text is not None:
+        port = nc_atoi(port_text)
+        if port < 0 or not valid_port(port):
+            raise _Reject('has an invalid port in "hostname:port:weight [name]" format string')
+    if name is None:  # hosts are resolved lazily, on every new server connection
+        name = addr if port == KETAMA_PORT else f"{addr}:{port_text or ''}"
+    return ServerConf(pname, name, addr, port, weight, port_text is None)
+
+
+# --------------------------------------------------------------------------------------------
+# The directive table
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One key of a pool. `field` is the PoolConf attribute it fills (None: several)."""
+
+    name: str
+    type: str
+    default: Any  # also the PoolConf default; None = required or unset
+    parse: Callable[[str, Resolver], Any]
+    description: str
+    field: str | None
+    multi: bool = False  # every occurrence appends (servers); otherwise a repeat is a duplicate
+    secret: bool = False  # never echo the value in a message
+
+
+DIRECTIVES: tuple[Directive, ...] = (
+    Directive("listen", "host:port | /path [perm]", None, _parse_listen,
+              "Required. Address of the pool's listener: `host:port` (parsed from the last ':',"
+              " so IPv6 is written without brackets) or a unix socket path with an optional"
+              " octal permission. Resolved at load time.", None),
+    Directive("hash", "enum", "fnv1a_64", _parse_hash,
+              "Key hash function: " + ", ".join(HASHES) + ".", "hash"),
+    Directive("hash_tag", "2 bytes", None, _parse_hash_tag,
+              "Two bytes; only the part of the key between them is hashed.", "hash_tag"),
+    Directive("distribution", "enum", "ketama", _parse_distribution,
+              "Key distribution: " + ", ".join(DISTRIBUTIONS) + ".", "distribution"),
+    Directive("timeout", "int ms", -1, _parse_num,
+              "Per-request server timeout in ms; -1 (the default) or 0 waits forever.", "timeout"),
+    Directive("backlog", "int", 512, _parse_num, "listen(2) backlog of the pool.", "backlog"),
+    Directive("client_connections", "int", 0, _parse_num,
+              "Parsed, then ignored by nutcracker 0.5.0: clients are unlimited.",
+              "client_connections_configured"),
+    Directive("redis", "bool", False, _parse_bool,
+              "true: Redis protocol; false: memcached ASCII protocol.", "redis"),
+    Directive("tcpkeepalive", "bool", False, _parse_bool,
+              "SO_KEEPALIVE on accepted client connections.", "tcpkeepalive"),
+    Directive("redis_auth", "string", None, _parse_bytes,
+              "Password sent with AUTH on every new server connection; clients must AUTH too."
+              " Redis pools only.", "redis_auth", secret=True),
+    Directive("redis_db", "int", 0, _parse_num,
+              "Database selected on every new server connection when > 0.", "redis_db"),
+    Directive("preconnect", "bool", False, _parse_bool,
+              "Open one connection per server at start-up.", "preconnect"),
+    Directive("auto_eject_hosts", "bool", False, _parse_bool,
+              "Take a failing server out of the distribution for server_retry_timeout.",
+              "auto_eject_hosts"),
+    Directive("server_connections", "int", 1, _parse_num,
+              "Maximum connections per server (not 0).", "server_connections"),
+    Directive("server_retry_timeout", "int ms", 30000, _parse_num,
+              "How long an ejected server stays out, in ms.", "server_retry_timeout"),
+    Directive("server_failure_limit", "int", 2, _parse_num,
+              "Consecutive failures that eject a server.", "server_failure_limit"),
+    Directive("servers", "sequence", None, _parse_server,
+              "Required. `host:port:weight [name]` or `/path/to.sock:weight [name]`; the name"
+              " (default `host:port`, `host` for port 11211, `path:`) is the hashing identity.",
+              "servers", multi=True),
+)
+DIRECTIVE_BY_NAME = {d.name: d for d in DIRECTIVES}
+
+
+def directive_docs() -> str:
+    """A Markdown table of the directives, derived from DIRECTIVES."""
+    rows = ["| directive | type | default | meaning |", "|---|---|---|---|"]
+    for d in DIRECTIVES:
+        default = "required" if d.name in ("listen", "servers") else _doc_value(d.default)
+        rows.append(f"| `{d.name}` | {d.type} | {default} | {d.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _doc_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"`{json.dumps(value)}`"
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+@dataclass(frozen=True)
+class _Where:
+    path: str
+    line: int | None = None
+    pool: str | None = None
+
+
+def _fail(
+    where: _Where, text: str, nc_message: str | None, detail: str | None = None
+) -> ConfigError:
+    """One line: conf: file 'F', pool 'P', line N: <nutcracker's phrase> (<detail>)."""
+    message = f"conf: file '{where.path}'"
+    if where.pool is not None:
+        message += f", pool '{where.pool}'"
+    if where.line is not None:
+        message += f", line {where.line}"
+    message += f": {text}"
+    if detail:
+        message += f" ({detail})"
+    return ConfigError(
+        " ".join(message.splitlines()),
+        path=where.path, pool=where.pool, line=where.line, nc_message=nc_message,
+    )
+
+
+def _line(node: Any) -> int | None:
+    mark = getattr(node, "start_mark", None)
+    return None if mark is None else int(mark.line) + 1
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-validation: one document, allowed tokens, structure (nutcracker's conf_pre_validate)
+
+_YAML_ERROR_CODES: tuple[tuple[type[yaml.YAMLError], int], ...] = (
+    (yaml.reader.ReaderError, 2),
+    (yaml.scanner.ScannerError, 3),
+    (yaml.parser.ParserError, 4),
+    (yaml.composer.ComposerError, 5),
+)
+
+# libyaml token numbers, as nutcracker prints them.
+_DISALLOWED_TOKENS: dict[type[yaml.Token], tuple[str, int]] = {
+    yaml.DocumentStartToken: ("document start", 5),
+    yaml.DocumentEndToken: ("document end", 6),
+    yaml.FlowSequenceStartToken: ("flow sequence start", 10),
+    yaml.FlowSequenceEndToken: ("flow sequence end", 11),
+    yaml.FlowMappingStartToken: ("flow mapping start", 12),
+    yaml.FlowMappingEndToken: ("flow mapping end", 13),
+    yaml.FlowEntryToken: ("flow entry", 15),
+    yaml.AliasToken: ("alias", 18),
+    yaml.AnchorToken: ("anchor", 19),
+    yaml.TagToken: ("tag", 20),
+}
+
+
+def _yaml_failure(err: yaml.YAMLError, path: str, doing: str) -> ConfigError:
+    code = next((c for cls, c in _YAML_ERROR_CODES if isinstance(err, cls)), 0)
+    mark = getattr(err, "problem_mark", None)
+    line = None if mark is None else int(mark.line) + 1
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
+    text = f"failed (err {code}) to {doing}"
+    return _fail(_Where(path, line), text, text, str(problem))
+
+
+def _load_document(stream: str | bytes, path: str) -> Any:
+    try:
+        nodes = list(yaml.compose_all(stream, Loader=_Loader))
+    except yaml.YAMLError as err:
+        raise _yaml_failure(err, path, "get the next yaml document") from None
+    if len(nodes) != 1:
+        text = f"must contain only 1 document; found {len(nodes)} documents"
+        raise _fail(_Where(path), text, f"'{path}' {text}")
+    return nodes[0]
+
+
+def _token_name(token: yaml.Token) -> tuple[str, int] | None:
+    if isinstance(token, yaml.DirectiveToken):
+        return ("version directive", 3) if token.name == "YAML" else ("tag directive", 4)
+    return _DISALLOWED_TOKENS.get(type(token))
+
+
+def _check_tokens(stream: str | bytes, path: str) -> None:
+    try:
+        for token in yaml.scan(stream, Loader=_Loader):
+            found = _token_name(token)
+            if found is not None:
+                text = f"{found[0]} token ({found[1]}) is disallowed"
+                raise _fail(_Where(path, _line(token)), text, text)
+    except yaml.YAMLError as err:
+        raise _yaml_failure(err, path, "scan next token") from None
+
+
+class _Structure:
+    """nutcracker's conf_validate_structure, fed one YAML event at a time.
+
+    Pools (depth 1) are mappings of `key: scalar` (depth 2) holding exactly one sequence.
+    Each step returns None or the phrase of the first violation.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.seq = False
+        self.count = [0, 0, 0]
+
+    def mapping_start(self) -> str | None:
+        error = None
+        if self.depth == 1 and self.count[1] != 1:
+            error = 'has more than one "key:value" at depth 1'
+        elif self.depth >= 2:
+            error = "has a depth greater than 2"
+        self.depth += 1
+        return error
+
+    def mapping_end(self) -> str | None:
+        error = None
+        if self.depth == 2:
+            if not self.seq:
+                error = "missing sequence directive at depth 2"
+            self.seq = False
+        self.depth -= 1
+        self.count[self.depth] = 0
+        return error
+
+    def sequence_start(self) -> str | None:
+        error = None
+        if self.seq:
+            error = "has more than one sequence directive"
+        elif self.depth != 2:
+            error = f"has sequence at depth {self.depth} instead of 2"
+        elif self.count[2] != 1:
+            error = 'has invalid "key:value" at depth 2'
+        self.seq = True
+        return error
+
+    def sequence_end(self) -> str | None:
+        self.count[self.depth] = 0
+        return None
+
+    def scalar(self) -> str | None:
+        if self.depth == 0:
+            return 'has invalid empty "key:" at depth 0'
+        if self.depth == 1 and self.count[1] != 0:
+            return 'has invalid mapping "key:" at depth 1'
+        if self.depth == 2 and self.count[2] == 2:
+            self.count[2] = 0  # a "key: value" pair is complete
+        self.count[self.depth] += 1
+        return None
+
+
+_STRUCTURE_STEPS: dict[type[yaml.Event], Callable[[_Structure], str | None]] = {
+    yaml.MappingStartEvent: _Structure.mapping_start,
+    yaml.MappingEndEvent: _Structure.mapping_end,
+    yaml.SequenceStartEvent: _Structure.sequence_start,
+    yaml.SequenceEndEvent: _Structure.sequence_end,
+    yaml.ScalarEvent: _Structure.scalar,
+}
+
+
+def _check_structure(stream: str | bytes, path: str) -> None:
+    state = _Structure()
+    for event in yaml.parse(stream, Loader=_Loader):
+        step = _STRUCTURE_STEPS.get(type(event))
+        error = step(state) if step is not None else None
+        if error is not None:
+            raise _fail(_Where(path, _line(event)), error, f"'{path}' {error}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing: every scalar in document order (nutcracker's conf_parse)
+
+
+@dataclass
+class _Draft:
+    """A pool as read, before the per-pool checks."""
+
+    name: str
+    line: int | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _scalar_text(node: Any, where: _Where, empty: str) -> str:
+    """The text of a scalar; nutcracker fails (silently) on an empty one."""
+    if not isinstance(node, yaml.ScalarNode):  # excluded by _check_structure
+        raise _fail(where, "unexpected YAML structure", None)
+    if node.value == "":
+        raise _fail(where, empty, None)
+    return str(node.value)
+
+
+def _items(node: Any) -> Iterator[Any]:
+    """A directive's value nodes: the scalar, or each item of its sequence."""
+    if isinstance(node, yaml.SequenceNode):
+        yield from node.value
+    else:
+        yield node
+
+
+def _apply(draft: _Draft, key: str, text: str, where: _Where, resolve: Resolver) -> None:
+    directive = DIRECTIVE_BY_NAME.get(key)
+    if directive is None:
+        phrase = f'directive "{key}" is unknown'
+        raise _fail(where, phrase, phrase)
+    if not directive.multi and key in draft.values:
+        phrase = f'directive "{key}" is a duplicate'
+        raise _fail(where, phrase, phrase)
+    try:
+        value = directive.parse(text, resolve)
+    except _Reject as reject:
+        phrase = f'directive "{key}" {reject.phrase}'
+        detail = reject.detail or (None if directive.secret else f"value {_quote(text)}")
+        raise _fail(where, phrase, phrase, detail) from None
+    if directive.multi:
+        draft.values.setdefault(key, []).append(value)
+    else:
+        draft.values[key] = value
+
+
+def _read_pool(name_node: Any, body: Any, path: str, resolve: Resolver) -> _Draft:
+    name = _scalar_text(name_node, _Where(path, _line(name_node)), "pool name is empty")
+    draft = _Draft(name, _line(name_node))
+    for key_node, value_node in getattr(body, "value", ()):
+        where = _Where(path, _line(key_node), name)
+        key = _scalar_text(key_node, where, "directive name is empty")
+        for item in _items(value_node):
+            where = _Where(path, _line(item), name)
+            text = _scalar_text(item, where, f'directive "{key}" has an empty value')
+            _apply(draft, key, text, where, resolve)
+    return draft
+
+
+# --------------------------------------------------------------------------------------------
+# Post-validation: each pool, then across pools (nutcracker's conf_post_validate)
+
+
+def _first_duplicate(names: Iterable[str]) -> str | None:
+    """The first name equal to its predecessor in an already sorted sequence."""
+    previous = None
+    for name in names:
+        if name == previous:
+            return name
+        previous = name
+    return None
+
+
+def _check_pool(draft: _Draft, path: str) -> list[ServerConf]:
+    """nutcracker's per-pool checks, in its order; returns the servers sorted by name."""
+    where, values = _Where(path, draft.line, draft.name), draft.values
+    for failed, phrase in (
+        ("listen" not in values, 'directive "listen:" is missing'),
+        (values.get("server_connections") == 0, 'directive "server_connections:" cannot be 0'),
+        ("redis_auth" in values and not values.get("redis", False),
+         'directive "redis_auth:" is only valid for a redis pool'),
+    ):
+        if failed:
+            raise _fail(where, phrase, phrase)
+    servers = sorted(values.get("servers", []), key=lambda s: nc_key(s.name))
+    if not servers:
+        raise _fail(where, "has no servers", f"pool '{draft.name}' has no servers")
+    same = _first_duplicate(s.name for s in servers)
+    if same is not None:
+        text = f"has servers with same name '{same}'"
+        raise _fail(where, text, f"pool '{draft.name}' {text}")
+    return servers
+
+
+def _build_pool(draft: _Draft, servers: list[ServerConf]) -> PoolConf:
+    values = draft.values
+    listen: ListenAddr = values["listen"]
+    settings = {
+        d.field: values.get(d.name, d.default)
+        for d in DIRECTIVES
+        if d.field is not None and not d.multi
+    }
+    return PoolConf(
+        name=draft.name, listen=listen.raw, listen_host=listen.host, listen_port=listen.port,
+        listen_unix=listen.unix, listen_perm=listen.perm, listen_family=listen.family,
+        listen_sockaddr=listen.sockaddr, servers=servers, **settings,
+    )
+
+
+def _order_pools(pools: list[PoolConf], path: str) -> list[PoolConf]:
+    """Reject a repeated listen string or pool name; return the pools ordered by name."""
+    by_listen = sorted(pools, key=lambda p: nc_key(p.listen))
+    for first, second in itertools.pairwise(by_listen):
+        if first.listen == second.listen:
+            text = (f"pools '{first.name}' and '{second.name}' have the same listen "
+                    f"address '{first.listen}'")
+            raise _fail(_Where(path), text, text)
+    by_name = sorted(by_listen, key=lambda p: nc_key(p.name))
+    same = _first_duplicate(p.name for p in by_name)
+    if same is not None:
+        # nutcracker's own message lacks the opening quote; ours has both.
+        raise _fail(_Where(path), f"has pools with same name '{same}'",
+                    f"'{path}' has pools with same name {same}'")
+    return by_name
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _parse(stream: str | bytes, path: str, resolve: Resolver) -> list[PoolConf]:
+    root = _load_document(stream, path)
+    _check_tokens(stream, path)
+    _check_structure(stream, path)
+    drafts = [_read_pool(k, v, path, resolve) for k, v in getattr(root, "value", ())]
+    if not drafts:
+        raise _fail(_Where(path), "has no pools", f"'{path}' has no pools")
+    pools = [_build_pool(d, _check_pool(d, path)) for d in drafts]
+    return _order_pools(pools, path)
+
+
+def parse_config(text: str, path: str, *, resolver: Resolver | None = None) -> list[PoolConf]:
+    """Pools of a nutcracker.yml given as text; `path` only names it in messages."""
+    return _parse(text, path, resolver or resolve_tcp)
+
+
+def load_config(path: str, *, resolver: Resolver | None = None) -> list[PoolConf]:
+    """Pools of the nutcracker.yml at `path`, ordered by name; ConfigError if nutcracker
+    0.5.0 would refuse it."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise _fail(_Where(path), f"failed to open configuration: {reason}",
+                    f"failed to open configuration '{path}': {reason}") from None
+    return _parse(data, path, resolver or resolve_tcp)
+
+
+__all__ = [
+    "DIRECTIVES", "DISTRIBUTIONS", "HASHES", "ConfigError", "Directive", "ListenAddr",
+    "PoolConf", "ServerConf", "directive_docs", "load_config", "nc_atoi", "nc_key",
+    "parse_config", "resolve_tcp", "valid_port",
+]

@@ -1,0 +1,234 @@
+"""`python -m bench`: start everything, run the workloads interleaved, report, clean up.
+
+Rule 1: every process this module starts is stopped by PID in a `finally`, also on Ctrl-C.
+Rule 2: the order of runs is workload by workload; within a workload, repetition by repetition;
+        within a repetition, proxy by proxy (nut, ks, nut, ks, ...), so slow drift of the
+        machine (page cache, thermal, a neighbour) lands on both proxies alike.
+Rule 3: a proxy that dies is restarted before its next run; one that failed to start three
+        times in a row is given up on, and its remaining runs fail fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench import report, workloads
+from bench.fleet import ROOT, Backends, Proxy, start_backends
+from bench.workloads import WORKLOADS, Run, Workload, measure
+
+OUT = ROOT / "bench" / "out"
+MAX_FAILED_STARTS = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=(bench.__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="workloads: " + ", ".join(w.name for w in WORKLOADS))
+    ap.add_argument("--quick", action="store_true",
+                    help="one repetition of ~1 s runs (a smoke test, not a measurement)")
+    ap.add_argument("--only", default="", help="comma-separated workload names or globs")
+    ap.add_argument("--proxies", default="nutcracker,keyshard",
+                    help="comma-separated, the first is the baseline of the ratios "
+                         "(nutcracker,nutcracker is a sanity check: ratios near 1.0)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
+    ap.add_argument("--seconds", type=float,
+                    help="target length of one run on the baseline (default 4, 1 with --quick)")
+    ap.add_argument("--idle-conns", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.seconds = a.seconds or (1.0 if a.quick else 4.0)
+    if not 1 <= a.reps <= 20 or not 0.2 <= a.seconds <= 60 or not 1 <= a.idle_conns <= 10000:
+        ap.error("--reps must be 1..20, --seconds 0.2..60, --idle-conns 1..10000")
+    a.workloads = select_workloads(a.only, ap)
+    a.kinds = [k.strip() for k in a.proxies.split(",") if k.strip()]
+    if not a.kinds or any(k not in ("nutcracker", "keyshard") for k in a.kinds):
+        ap.error("--proxies takes nutcracker and/or keyshard")
+    return a
+
+
+def select_workloads(only: str, ap: argparse.ArgumentParser) -> list[Workload]:
+    pats = [p.strip() for p in only.split(",") if p.strip()]
+    if not pats:
+        return list(WORKLOADS)
+    for p in pats:
+        if not any(fnmatch.fnmatch(w.name, p) for w in WORKLOADS):
+            ap.error(f"--only {p!r} matches no workload")
+    return [w for w in WORKLOADS if any(fnmatch.fnmatch(w.name, p) for p in pats)]
+
+
+def labels_for(kinds: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for k in kinds:
+        seen[k] = seen.get(k, 0) + 1
+        out.append(k if seen[k] == 1 else f"{k}-{seen[k]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    missing = [t for t in ("redis-benchmark", "memcslap", "redis-server", "memcached")
+               if shutil.which(t) is None]
+    if missing:
+        print(f"missing tools: {', '.join(missing)} (make deps installs them)", file=sys.stderr)
+        return 2
+    _raise_fd_limit()
+    workloads.IDLE_CONNS = a.idle_conns
+    logs = a.out / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    labels = labels_for(a.kinds)
+    meta = _meta(a, labels)
+    results: report.Results = {}
+    backends: Backends | None = None
+    proxies: list[Proxy] = []
+    try:
+        backends = start_backends(logs)
+        _prefill(backends)
+        proxies = [Proxy(k, lab, logs, backends) for k, lab in zip(a.kinds, labels)]
+        for p in proxies:
+            _ensure_running(p)
+        _run_all(a, proxies, results, meta)
+    except KeyboardInterrupt:
+        meta["interrupted"] = True
+        print("\ninterrupted: reporting what ran", file=sys.stderr)
+    finally:
+        for p in proxies:
+            p.stop()
+        for c in backends.children() if backends else []:
+            c.stop()
+    meta["load_after"] = os.getloadavg()[0]
+    return _report(a, labels, meta, results)
+
+
+def _run_all(a: argparse.Namespace, proxies: list[Proxy], results: report.Results,
+             meta: dict[str, Any]) -> None:
+    timeout = a.seconds * 20 + 30
+    total, done = len(a.workloads) * a.reps * len(proxies), 0
+    for w in a.workloads:
+        n = _choose_n(w, proxies, a.seconds, timeout, meta)
+        per = results.setdefault(w.name, {p.label: [] for p in proxies})
+        for rep in range(a.reps):
+            for p in proxies:
+                done += 1
+                if not _ensure_running(p):
+                    run = Run(w.name, p.label, n, error=p.start_error)
+                else:
+                    run = measure(w, p, n, timeout)
+                per[p.label].append(run)
+                print(f"[{done}/{total}] {w.name} rep {rep + 1}/{a.reps} {p.label}: "
+                      f"{_brief(run)}", flush=True)
+
+
+def _choose_n(w: Workload, proxies: list[Proxy], seconds: float, timeout: float,
+              meta: dict[str, Any]) -> int:
+    """Warm every proxy up with a short run; the first one that works sets N for `seconds`."""
+    warm = replace(w, kind="redis") if w.kind == "idle" else w
+    rate, source = None, None
+    for p in proxies:
+        if not _ensure_running(p):
+            continue
+        run = measure(warm, p, w.warmup_n, timeout)
+        print(f"  warm-up {w.name} {p.label}: {_brief(run)}", flush=True)
+        if run.ok and rate is None and run.rps:
+            rate, source = run.rps, p.label
+    n = w.warmup_n * 10 if rate is None else int(rate * seconds)
+    n = max(w.warmup_n, min(n, w.warmup_n * 500))
+    n = -(-n // 1000) * 1000
+    meta.setdefault("n", {})[w.name] = {"n": n, "from": source, "warmup_rps": rate}
+    return n
+
+
+def _ensure_running(p: Proxy) -> bool:
+    if p.alive():
+        return True
+    if p.failed_starts >= MAX_FAILED_STARTS:
+        if not p.start_error.startswith("gave up"):
+            p.start_error = f"gave up after {p.failed_starts} failed starts; {p.start_error}"
+        return False
+    try:
+        p.start()
+        return True
+    except RuntimeError as err:
+        p.start_error = f"start failed: {err}"
+        print(f"  {p.label}: {p.start_error}", file=sys.stderr, flush=True)
+        return False
+
+
+def _brief(run: Run) -> str:
+    if not run.ok:
+        return f"FAILED {run.error}"
+    p99 = "n/a" if run.p99_ms is None else f"{run.p99_ms:.3f} ms"
+    return (f"{run.rps:,.0f} rps, p99 {p99}, {run.cpu_us_per_req:.2f} µs CPU/req, "
+            f"RSS {(run.rss_kb or 0) / 1024:.1f} MB, {run.seconds:.1f} s")
+
+
+def _prefill(b: Backends) -> None:
+    """Every GET finds a 3-byte value: SET the key space on both redis-servers directly."""
+    for port in b.redis_ports:
+        subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "20",
+                        "-P", "32", "-r", str(workloads.KEYSPACE), "-n", "300000", "-t", "set",
+                        "-q"], capture_output=True, timeout=120, check=False)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
+    def out(argv: list[str]) -> str:
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
+            return (cp.stdout + cp.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return "?"
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": out(["git", "rev-parse", "--short", "HEAD"]),
+        "proxies": labels, "reps": a.reps, "seconds": a.seconds, "quick": a.quick,
+        "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
+        "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,
+        "cores": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0],
+        "nutcracker": out(["nutcracker", "-V"]), "redis_benchmark": out(["redis-benchmark", "-v"]),
+        "memcslap": out(["memcslap", "--version"]),
+        "keyshard_no_extensions": os.environ.get("KEYSHARD_NO_EXTENSIONS", ""),
+        "load_before": os.getloadavg()[0],
+    }
+
+
+def _report(a: argparse.Namespace, labels: list[str], meta: dict[str, Any],
+            results: report.Results) -> int:
+    if not results:
+        print("no results", file=sys.stderr)
+        return 1
+    a.out.mkdir(parents=True, exist_ok=True)
+    summary = report.summarize(results)
+    md = report.markdown(summary, a.workloads, labels, meta)
+    print("\n" + md)
+    (a.out / "results.md").write_text(md)
+    report.write_json(a.out / "results.json", meta, results, summary, labels)
+    try:
+        report.write_png(a.out / "results.png", summary, a.workloads, labels, meta)
+    except ImportError:
+        print("matplotlib is not installed: no results.png (pip install matplotlib)",
+              file=sys.stderr)
+    print(f"wrote {a.out}/results.md, results.json, results.png; logs in {a.out}/logs")
+    return 0

@@ -1,0 +1,231 @@
+"""Medians, ratios and the three outputs: a Markdown table, results.json and results.png.
+
+Rule 1: a cell is the median over the runs that succeeded; a cell with no successful run says
+        "failed", and a cell missing some runs is marked † with the errors listed under the table.
+Rule 2: ratios are other/baseline, the baseline being the first proxy given (nutcracker), for
+        requests/s (higher is better) and for CPU µs/request (lower is better).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import Run, Workload
+
+Results = dict[str, dict[str, list[Run]]]      # workload name -> proxy label -> runs
+
+_SHORT = {"nutcracker": "nut", "keyshard": "ks"}
+
+
+def short(label: str) -> str:
+    kind, _, num = label.partition("-")
+    return _SHORT.get(kind, kind) + (f"-{num}" if num else "")
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+@dataclass
+class Cell:
+    """The medians of one workload on one proxy."""
+
+    runs: int
+    ok: int
+    rps: float | None = None
+    rps_min: float | None = None
+    rps_max: float | None = None
+    p99_ms: float | None = None
+    cpu_us_per_req: float | None = None
+    cpu_min: float | None = None
+    cpu_max: float | None = None
+    rss_kb: float | None = None
+    idle: dict[str, float | None] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.ok == 0
+
+
+_IDLE_KEYS = ("rss_before_kb", "rss_idle_kb", "rss_after_kb", "kb_per_idle_conn")
+
+
+def cell(runs: list[Run]) -> Cell:
+    good = [r for r in runs if r.ok]
+    c = Cell(runs=len(runs), ok=len(good), errors=[r.error for r in runs if r.error])
+    if not good:
+        return c
+    rps = [r.rps for r in good if r.rps is not None]
+    cpu = [r.cpu_us_per_req for r in good if r.cpu_us_per_req is not None]
+    c.rps, c.rps_min, c.rps_max = _median(list(rps)), min(rps, default=None), max(rps, default=None)
+    c.cpu_us_per_req = _median(list(cpu))
+    c.cpu_min, c.cpu_max = min(cpu, default=None), max(cpu, default=None)
+    c.p99_ms = _median([r.p99_ms for r in good])
+    c.rss_kb = _median([r.rss_kb for r in good])
+    if any("kb_per_idle_conn" in r.extra for r in good):
+        c.idle = {k: _median([r.extra.get(k) for r in good]) for k in _IDLE_KEYS}
+    return c
+
+
+def summarize(results: Results) -> dict[str, dict[str, Cell]]:
+    return {w: {p: cell(runs) for p, runs in per.items()} for w, per in results.items()}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# ---- Markdown ---------------------------------------------------------------------------------
+
+def _fmt(v: float | None, spec: str, c: Cell) -> str:
+    if c.failed:
+        return "failed"
+    text = "n/a" if v is None else format(v, spec)
+    return text + (" †" if c.ok < c.runs else "")
+
+
+def _ratio_fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
+             labels: list[str], meta: dict[str, Any]) -> str:
+    base, others = labels[0], labels[1:]
+    s = [short(p) for p in labels]
+    head = (["workload"] + [f"rps {x}" for x in s] + [f"rps {short(o)}/{short(base)}" for o in others]
+            + [f"p99 ms {x}" for x in s] + [f"CPU µs/req {x}" for x in s]
+            + [f"CPU {short(o)}/{short(base)}" for o in others] + [f"RSS MB {x}" for x in s])
+    out = [_preamble(meta, labels), "", "| " + " | ".join(head) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for w in workloads:
+        cells = summary.get(w.name)
+        if not cells:
+            continue
+        row = [w.title]
+        row += [_fmt(cells[p].rps, ",.0f", cells[p]) for p in labels]
+        row += [_ratio_fmt(ratio(cells[o].rps, cells[base].rps)) for o in others]
+        row += [_fmt(cells[p].p99_ms, ".3f", cells[p]) for p in labels]
+        row += [_fmt(cells[p].cpu_us_per_req, ".2f", cells[p]) for p in labels]
+        row += [_ratio_fmt(ratio(cells[o].cpu_us_per_req, cells[base].cpu_us_per_req))
+                for o in others]
+        row += [_fmt(None if cells[p].rss_kb is None else cells[p].rss_kb / 1024, ".1f", cells[p])
+                for p in labels]
+        out.append("| " + " | ".join(row) + " |")
+    out += _idle_table(summary, labels, meta)
+    out += _failures(summary, workloads)
+    return "\n".join(out) + "\n"
+
+
+def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
+    legend = ", ".join(f"{short(p)} = {p}" for p in labels)
+    return (f"## keyshard benchmark — {meta.get('date', '')}\n\n"
+            f"Medians of {meta.get('reps')} interleaved run(s) per cell; {legend}; "
+            f"ratios are against {labels[0]} (rps: higher is better, CPU/request: lower is "
+            f"better). {meta.get('cores')} cores shared by client, backends and proxy. "
+            f"commit {meta.get('commit', '?')}; p99 from redis-benchmark (memcslap gives none).")
+
+
+def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],
+                meta: dict[str, Any]) -> list[str]:
+    cells = summary.get("idle1000")
+    if not cells:
+        return []
+    n = meta.get("idle_conns", 1000)
+    out = ["", f"Idle connections ({n} held open, fresh proxy each run):", "",
+           "| proxy | RSS before MB | RSS with idle MB | RSS after GET load MB | KB per idle conn |",
+           "|---|---:|---:|---:|---:|"]
+    for p in labels:
+        c = cells.get(p)
+        if c is None:
+            continue
+        vals = [c.idle.get(k) for k in _IDLE_KEYS]
+        mb = [_fmt(None if v is None else v / 1024, ".1f", c) for v in vals[:3]]
+        out.append(f"| {p} | " + " | ".join(mb) + f" | {_fmt(vals[3], '.2f', c)} |")
+    return out
+
+
+def _failures(summary: dict[str, dict[str, Cell]], workloads: list[Workload]) -> list[str]:
+    out = []
+    for w in workloads:
+        for p, c in summary.get(w.name, {}).items():
+            for i, err in enumerate(dict.fromkeys(c.errors)):
+                err = " ".join(err.split())[:300]
+                out.append(f"- {w.name} / {p} ({c.runs - c.ok} of {c.runs} failed): {err}"
+                           if i == 0 else f"  also: {err}")
+    return ["", "† some runs failed:", *out] if out else []
+
+
+# ---- JSON and PNG -----------------------------------------------------------------------------
+
+def write_json(path: Path, meta: dict[str, Any], results: Results,
+               summary: dict[str, dict[str, Cell]], labels: list[str]) -> None:
+    base = labels[0]
+    doc = {
+        "meta": meta,
+        "summary": {w: {p: vars(c) | {
+            "rps_ratio": ratio(c.rps, cells[base].rps) if p != base else None,
+            "cpu_ratio": ratio(c.cpu_us_per_req, cells[base].cpu_us_per_req) if p != base
+            else None} for p, c in cells.items()} for w, cells in summary.items()},
+        "runs": [r.as_dict() for per in results.values() for runs in per.values() for r in runs],
+    }
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+
+def write_png(path: Path, summary: dict[str, dict[str, Cell]], workloads: list[Workload],
+              labels: list[str], meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ws = [w for w in workloads if w.name in summary]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8.0, 1.5 * len(ws) + 2), 9))
+    _bars(ax1, summary, ws, labels, "rps", 1e-3, "thousand requests/s (higher is better)")
+    _bars(ax2, summary, ws, labels, "cpu_us_per_req", 1.0,
+          "proxy CPU µs per request (lower is better)")
+    fig.suptitle(f"{' vs '.join(labels)} — medians of {meta.get('reps')} interleaved run(s), "
+                 f"whiskers min–max; {meta.get('cores')} cores shared", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+
+
+def _bars(ax: Any, summary: dict[str, dict[str, Cell]], ws: list[Workload], labels: list[str],
+          metric: str, scale: float, ylabel: str) -> None:
+    lo_hi = {"rps": ("rps_min", "rps_max"), "cpu_us_per_req": ("cpu_min", "cpu_max")}[metric]
+    width, named = 0.8 / len(labels), set()
+    top = max((getattr(summary[w.name][p], metric) or 0) * scale
+              for w in ws for p in labels if p in summary[w.name]) or 1.0
+    for i, p in enumerate(labels):
+        for x, w in enumerate(ws):
+            c = summary[w.name].get(p)
+            xpos = x - 0.4 + width * (i + 0.5)
+            v = None if c is None else getattr(c, metric)
+            if v is None:
+                ax.text(xpos, top * 0.02, "failed", rotation=90, ha="center", va="bottom",
+                        fontsize=8, color="#c44e52")
+                continue
+            lo, hi = (getattr(c, a) for a in lo_hi)
+            ax.bar(xpos, v * scale, width, color=_COLORS[i % len(_COLORS)],
+                   label=None if p in named else p,
+                   yerr=[[(v - lo) * scale], [(hi - v) * scale]], capsize=2, ecolor="#333")
+            named.add(p)
+            base = summary[w.name].get(labels[0])
+            r = ratio(v, None if base is None else getattr(base, metric))
+            if i > 0 and r is not None:
+                ax.text(xpos, max(v, hi) * scale + top * 0.01, f"{r:.2f}×", ha="center",
+                        va="bottom", fontsize=8)
+    ax.set_xticks(range(len(ws)), [w.title for w in ws], fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top * 1.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=9)

@@ -1,0 +1,220 @@
+"""The benchmark's parsers, fed outputs captured from the real tools on this machine.
+
+redis-benchmark 7.0.15, memcslap 1.1 (libmemcached 1.1.4), Linux /proc of nutcracker 0.5.0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.parse import (
+    ParseError,
+    parse_memcslap,
+    parse_proc_stat,
+    parse_redis_benchmark_csv,
+    parse_vmrss_kb,
+    ticks_to_us,
+)
+
+# redis-benchmark -p PORT -c 50 -r 100000 -n 20000 -t get,set -P 16 --csv
+RB_GET_SET = (
+    '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+    '"p99_latency_ms","max_latency_ms"\n'
+    '"SET","666666.69","0.967","0.288","0.831","2.079","2.391","2.487"\n'
+    '"GET","1052631.62","0.456","0.168","0.415","0.711","0.895","1.047"\n'
+)
+# redis-benchmark ... --csv MGET key:__rand_int__ x10, through nutcracker 0.5.0
+RB_MGET = (
+    '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+    '"p99_latency_ms","max_latency_ms"\n'
+    '"MGET' + " key:__rand_int__" * 10 + '","53475.94","0.786","0.248","0.735","1.167",'
+    '"1.447","4.911"\n'
+)
+# the server was killed mid-run: exit 1, the header and nothing else on stdout
+RB_KILLED = (
+    '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+    '"p99_latency_ms","max_latency_ms"\n'
+)
+
+# memcslap --servers=127.0.0.1:PORT --test=get --concurrency=4 --execute-number=2000
+MCS_GET = """\
+Time to generate       2000 test keys:                0.004 seconds.
+Time to set            2000 keys:                     0.135 seconds.
+Time to start             4 threads:                  0.000 seconds.
+--------------------------------------------------------------------
+Time to get            8000 keys by    4 threads:     0.135 seconds.
+--------------------------------------------------------------------
+Time total:                                           0.275 seconds.
+"""
+# memcslap --test=set --concurrency=50 --execute-number=1000, through nutcracker 0.5.0
+MCS_SET = """\
+Time to generate       1000 test keys:                0.007 seconds.
+Time to start            50 threads:                  0.003 seconds.
+--------------------------------------------------------------------
+Time to set           50000 keys by   50 threads:     0.794 seconds.
+--------------------------------------------------------------------
+Time total:                                           0.804 seconds.
+"""
+# nothing listening (exit status 0!): stdout, then the first stderr lines
+MCS_REFUSED = """\
+Time to generate          3 test keys:                0.000 seconds.
+Time to set               0 keys:                     0.000 seconds.
+Time to start             2 threads:                  0.000 seconds.
+--------------------------------------------------------------------
+Time to get               0 keys by    2 threads:     0.001 seconds.
+--------------------------------------------------------------------
+Time total:                                           0.001 seconds.
+Fatal error for key 'KEW05npZjCePloDgAFTmdODRkNYTOdNty6w2vsgqO7btQegLH9cnE': (0x7ffe502433c0) \
+CONNECTION FAILURE(Connection refused),  host: 127.0.0.1:1 -> ./src/libmemcached/io.cc:145
+Fatal error for key 'EISxtJ1GX1DxlhelH7Gi34HesQhKqQv3BhEkPPS0ptFFrGLIHMdQJ96PP2g': (0x55916f74e600) \
+CONNECTION FAILURE,  host: 127.0.0.1:1 -> ./src/libmemcached/get.cc:233
+"""
+
+# /proc/<pid>/stat of nutcracker 0.5.0 after a few benchmark runs
+STAT_NUTCRACKER = (
+    "7730 (nutcracker) S 7709 7706 6478 0 -1 4194304 2865 0 0 0 57 266 0 0 20 0 2 0 40845 "
+    "39264256 3330 18446744073709551615 94197449224192 94197449319801 140721482920464 0 0 0 0 "
+    "4096 3149315 0 0 0 17 0 0 0 0 0 0 94197449360368 94197449367568 94197657841664 "
+    "140721482922626 140721482922720 140721482922720 140721482924003 0\n"
+)
+# a copy of /bin/sleep named "we) (ird": comm holds ") (" and must not shift the fields
+STAT_WEIRD = (
+    "13017 (we) (ird) S 1 12129 6478 0 -1 4194304 130 0 0 0 0 0 0 0 20 0 1 0 47142 2990080 413 "
+    "18446744073709551615 94885926989824 94885927007753 140732516519936 0 0 0 0 6 0 1 0 0 17 1 "
+    "0 0 0 0 0 94885927021840 94885927023104 94886915276800 140732516522695 140732516522718 "
+    "140732516522718 140732516524004 0\n"
+)
+STATUS_NUTCRACKER = """\
+Name:\tnutcracker
+Umask:\t0022
+State:\tS (sleeping)
+Tgid:\t7730
+Pid:\t7730
+PPid:\t7709
+VmPeak:\t   38348 kB
+VmSize:\t   38344 kB
+VmHWM:\t   13460 kB
+VmRSS:\t   13460 kB
+RssAnon:\t   11248 kB
+"""
+
+
+def test_redis_benchmark_rows() -> None:
+    rows = parse_redis_benchmark_csv(RB_GET_SET)
+    assert [r.test for r in rows] == ["SET", "GET"]
+    assert rows[0].rps == pytest.approx(666666.69)
+    assert rows[0].p99_ms == pytest.approx(2.391)
+    assert rows[1].p50_ms == pytest.approx(0.415)
+    assert rows[1].max_ms == pytest.approx(1.047)
+
+
+def test_redis_benchmark_custom_command_name_with_spaces() -> None:
+    (row,) = parse_redis_benchmark_csv(RB_MGET)
+    assert row.test.startswith("MGET key:__rand_int__ ")
+    assert row.rps == pytest.approx(53475.94)
+    assert row.p99_ms == pytest.approx(1.447)
+
+
+def test_redis_benchmark_skips_non_csv_lines() -> None:
+    text = "WARNING: Could not fetch server CONFIG\n" + RB_GET_SET + "\n"
+    assert len(parse_redis_benchmark_csv(text)) == 2
+
+
+@pytest.mark.parametrize("text", [RB_KILLED, "", "Error: Server closed the connection\n",
+                                  RB_GET_SET.replace('"0.895"', '"-nan"').replace("0.456", "x")])
+def test_redis_benchmark_without_result_is_an_error(text: str) -> None:
+    with pytest.raises(ParseError):
+        parse_redis_benchmark_csv(text)
+
+
+def test_memcslap_get_counts_the_load_phase_as_requests() -> None:
+    r = parse_memcslap(MCS_GET)
+    assert (r.test, r.keys, r.threads, r.loaded, r.errors) == ("get", 8000, 4, 2000, 0)
+    assert r.seconds == pytest.approx(0.135)
+    assert r.rps == pytest.approx(8000 / 0.135)
+    assert r.requests == 10000
+
+
+def test_memcslap_set_has_no_load_phase() -> None:
+    r = parse_memcslap(MCS_SET)
+    assert (r.test, r.keys, r.threads, r.loaded) == ("set", 50000, 50, 0)
+    assert r.rps == pytest.approx(50000 / 0.794)
+
+
+def test_memcslap_failure_is_visible_despite_exit_0() -> None:
+    r = parse_memcslap(MCS_REFUSED)
+    assert r.keys == 0 and r.errors == 2
+
+
+def test_memcslap_garbage() -> None:
+    with pytest.raises(ParseError):
+        parse_memcslap("memslap: unknown option\n")
+    with pytest.raises(ParseError):
+        _ = parse_memcslap(MCS_SET.replace("0.794", "0.000")).rps
+
+
+def test_proc_stat_nutcracker() -> None:
+    s = parse_proc_stat(STAT_NUTCRACKER)
+    assert (s.pid, s.comm, s.state, s.ppid) == (7730, "nutcracker", "S", 7709)
+    assert (s.utime, s.stime, s.cutime, s.cstime) == (57, 266, 0, 0)
+    assert s.cpu_ticks == 323
+    assert s.rss_pages == 3330
+
+
+def test_proc_stat_comm_with_parentheses_and_spaces() -> None:
+    s = parse_proc_stat(STAT_WEIRD)
+    assert (s.pid, s.comm, s.ppid, s.rss_pages) == (13017, "we) (ird", 1, 413)
+
+
+def test_proc_stat_of_this_process() -> None:
+    with open("/proc/self/stat") as f:
+        s = parse_proc_stat(f.read())
+    assert s.pid == os.getpid() and s.ppid == os.getppid()
+
+
+@pytest.mark.parametrize("text", ["", "7730 nutcracker S 1", "7730 (nutcracker) S 1 2 3\n",
+                                  STAT_NUTCRACKER.replace(" 57 266 ", " x 266 ")])
+def test_proc_stat_garbage(text: str) -> None:
+    with pytest.raises(ParseError):
+        parse_proc_stat(text)
+
+
+def test_vmrss() -> None:
+    assert parse_vmrss_kb(STATUS_NUTCRACKER) == 13460
+    with pytest.raises(ParseError):          # a zombie's status has no Vm lines
+        parse_vmrss_kb("Name:\tnutcracker\nState:\tZ (zombie)\n")
+
+
+def test_ticks_to_us() -> None:
+    assert ticks_to_us(323, 100) == pytest.approx(3_230_000)
+    assert ticks_to_us(1, 1000) == pytest.approx(1000)
+
+
+def test_report_medians_ratios_and_failures() -> None:
+    from bench.report import markdown, summarize
+    from bench.workloads import WORKLOADS, Run
+
+    w = WORKLOADS[0]
+
+    def ok(rps: float, cpu: float) -> Run:
+        return Run(w.name, "", 1000, rps=rps, p99_ms=1.0, cpu_us_per_req=cpu, rss_kb=2048)
+
+    results = {w.name: {
+        "nutcracker": [ok(100, 10), ok(300, 30), ok(200, 20)],
+        "keyshard": [ok(50, 40), Run(w.name, "keyshard", 1000, error="proxy died (exit 1)"),
+                     ok(150, 60)],
+    }}
+    summary = summarize(results)
+    assert summary[w.name]["nutcracker"].rps == 200
+    assert summary[w.name]["keyshard"].rps == 100
+    md = markdown(summary, [w], ["nutcracker", "keyshard"], {"reps": 3, "cores": 2})
+    row = next(line for line in md.splitlines() if line.startswith(f"| {w.title} |"))
+    assert "| 0.50× |" in row and "| 2.50× |" in row     # rps 100/200, CPU 50/20
+    assert "100 †" in row
+    assert "proxy died (exit 1)" in md
+
+    dead = {w.name: {"nutcracker": [ok(1, 1)], "keyshard": [Run(w.name, "k", 1, error="x")]}}
+    md = markdown(summarize(dead), [w], ["nutcracker", "keyshard"], {})
+    assert "failed" in md and "—" in md

@@ -119,10 +119,16 @@ def test_continuum_is_sorted_and_wraps() -> None:
 
 
 def test_ties_keep_server_order() -> None:
-    # Two servers with the same name have identical points: glibc's stable qsort keeps the
-    # lower index first, so the first server wins every point.
-    cont = ketama((b"same", 1), (b"same", 1))
-    assert all(cont.dispatch(v) == 0 for v in cont.values)
+    # "a" and "t790915" (found by search) share the point 717967565. glibc's qsort is a
+    # stable merge sort, so the point of the lower index ("a", sorted first) comes first and
+    # takes the keys just below it; tests/compat checks this against nutcracker.
+    cont = ketama((b"a", 1), (b"t790915", 1))
+    i = cont.values.index(717967565)
+    assert cont.values[i + 1] == 717967565
+    assert cont.owners[i:i + 2] == [0, 1]
+    assert cont.dispatch(717967565) == 0
+    assert cont.dispatch(fnv1a_64(b"tie:5500")) == 0
+    assert cont.values[i - 1] < fnv1a_64(b"tie:5500") < 717967565
 
 
 # -- ketama: reference examples ---------------------------------------------------------------

@@ -80,7 +80,7 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.alive():
             assert self.proc is not None
             os.kill(self.proc.pid, sig)

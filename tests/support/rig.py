@@ -25,7 +25,8 @@ class Rig:
         self.port = free_port()
         opts = {"hash": "fnv1a_64", "distribution": "ketama", "redis": redis}
         opts.update(pool_opts)
-        servers = [f"{b.addr}:1" for b in self.backends]
+        # explicit names: placement is then the same for every rig, whatever its ports
+        servers = [f"{b.addr}:1 s{i}" for i, b in enumerate(self.backends)]
         self.conf = pool_yaml("alpha", self.port, servers, **opts)
         self.proxy = PROXIES[kind](self.conf, verbose=verbose, extra=extra)
         try:
@@ -110,3 +111,11 @@ def resp(*args: bytes | str | int) -> bytes:
             a = a.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
+
+
+def first_difference(a: bytes, b: bytes, context: int = 120) -> str:
+    """Where two byte streams part, with some context, for assertion messages."""
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo = max(0, n - context)
+    return (f"differ at byte {n} (lengths {len(a)}, {len(b)}):\n"
+            f"  first:  {a[lo:n + context]!r}\n  second: {b[lo:n + context]!r}")

@@ -30,9 +30,8 @@ from keyshard.hashing import HASHES
 from keyshard.pool import ServerPool
 from tests.support.procs import Keyshard, Nutcracker, RedisServer, free_port, pool_yaml
 
-# TODO(keyshard): add "keyshard" once its forwarding path exists; tests.support.procs.Keyshard
-# starts it with the same config text and flags, and nothing else here has to change.
-PROXY_KINDS = ["nutcracker"]
+# Both proxies get the same config text and flags; each placement must match the model.
+PROXY_KINDS = ["nutcracker", "keyshard"]
 PROXIES: dict[str, Any] = {"nutcracker": Nutcracker, "keyshard": Keyshard}
 
 NBACKENDS = 25

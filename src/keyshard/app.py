@@ -1,9 +1,13 @@
-"""The running proxy: builds pool runtimes and listeners on one event loop, stops on a signal.
+"""The running proxy: pool runtimes, listeners and the stats server on one event loop.
 
 Rule 1: uvloop is used when importable, plain asyncio otherwise.
 Rule 2: SIGINT and SIGTERM stop gracefully: stop accepting, give in-flight requests up to
-        `STOP_GRACE` seconds, close everything, exit 0.
-Rule 3: start-up failures (a port in use) are one clear line on the log and exit code 1.
+        `STOP_GRACE` seconds, close everything, remove the pid file, exit 0.
+Rule 3: SIGHUP reopens the log file (logrotate), SIGTTIN/SIGTTOU raise/lower the log level,
+        SIGUSR1/SIGUSR2 are only logged, SIGPIPE is ignored: nutcracker's signal table.
+Rule 4: start-up failures (a port in use) are one clear line and exit code 1.
+Rule 5: the stats server writes the whole document on every connection and closes, as
+        nutcracker's does; it is rendered on demand, so it is always fresh.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from keyshard import __version__
+from keyshard import log as klog
 from keyshard.net.listener import ListenError, listen
 from keyshard.net.runtime import PoolRuntime
 from keyshard.net.writer import Flusher
+from keyshard.stats import render
 
 if TYPE_CHECKING:
     from keyshard.config import PoolConf
@@ -34,6 +43,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class StatsProtocol(asyncio.Protocol):
+    """Writes the stats document and closes; never reads (Rule 5)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.proxy.stats_document())  # type: ignore[attr-defined]
+        transport.close()
+
+
 class Proxy:
     """Every pool of one config on one loop."""
 
@@ -41,16 +61,52 @@ class Proxy:
         self.options = options
         self.loop = loop
         self.flusher = Flusher(loop)
+        self.start_time = time.time()
         mbuf = getattr(options, "mbuf_size", 16384)
         self.runtimes = [PoolRuntime(conf, loop, self.flusher, mbuf) for conf in pools]
         self.listeners: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
 
+    # -- stats ----------------------------------------------------------------------------------
+
+    def pool_views(self) -> Iterator[Any]:
+        for runtime in self.runtimes:
+            yield runtime.view()
+
+    def connection_counts(self) -> tuple[int, int]:
+        listeners = len(self.runtimes)
+        total = curr = listeners
+        for runtime in self.runtimes:
+            ever, now = runtime.connection_counts()
+            total += ever
+            curr += now
+        return total, curr
+
+    def stats_document(self) -> bytes:
+        return render(self, "keyshard", __version__)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
     async def start(self) -> None:
         for runtime in self.runtimes:
             self.listeners.append(await listen(runtime))
+        await self.start_stats()
+        for runtime in self.runtimes:
             if runtime.conf.preconnect:
                 runtime.preconnect()
+
+    async def start_stats(self) -> None:
+        addr = getattr(self.options, "stats_addr", None)
+        port = getattr(self.options, "stats_port", None)
+        if addr is None or port is None:
+            return
+        try:
+            server = await self.loop.create_server(
+                lambda: StatsProtocol(self), addr, port, reuse_address=True)
+        except OSError as err:
+            raise ListenError(f"bind to stats server addr '{addr}:{port}' failed: "
+                              f"{err.strerror or err}") from None
+        self.listeners.append(server)
 
     async def serve(self) -> None:
         await self.start()
@@ -71,26 +127,56 @@ class Proxy:
             runtime.close()
         await asyncio.sleep(0)
 
-    def stop(self, signame: str) -> None:
-        log.warning("signal %s received, exiting", signame)
+    def stop(self, signum: int) -> None:
+        klog.logger().log(klog.ALWAYS, "signal %d (%s) received, exiting", signum,
+                          signal.Signals(signum).name)
         self.stopping.set()
+
+
+def on_signal(signum: int) -> None:
+    """The signals that do not stop the proxy (Rule 3)."""
+    name = signal.Signals(signum).name
+    logger = klog.logger()
+    if signum == signal.SIGHUP:
+        logger.log(klog.ALWAYS, "signal %d (%s) received, reopening log file", signum, name)
+        klog.reopen()
+    elif signum == signal.SIGTTIN:
+        logger.log(klog.ALWAYS, "signal %d (%s) received, up logging level", signum, name)
+        logger.log(klog.ALWAYS, "up log level to %d", klog.level_up())
+    elif signum == signal.SIGTTOU:
+        logger.log(klog.ALWAYS, "signal %d (%s) received, down logging level", signum, name)
+        logger.log(klog.ALWAYS, "down log level to %d", klog.level_down())
+    else:
+        logger.log(klog.ALWAYS, "signal %d (%s) received", signum, name)
+
+
+def install_signals(loop: asyncio.AbstractEventLoop, proxy: Proxy) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, proxy.stop, sig)
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(sig, on_signal, sig)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 def run(options: Any, pools: list[PoolConf]) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     proxy = Proxy(options, pools, loop)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, proxy.stop, sig.name)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    log.warning("keyshard-%s started", __version__)
+    install_signals(loop, proxy)
+    logger = klog.logger()
+    logger.log(klog.ALWAYS, "keyshard-%s started", __version__)
     try:
         loop.run_until_complete(proxy.serve())
     except ListenError as err:
-        log.error("%s", err)
-        print(f"keyshard: {err}", flush=True)
+        logger.error("%s", err)
+        print(f"keyshard: {err}", file=sys.stderr, flush=True)
         return 1
     finally:
         loop.close()
-    log.warning("done, keyshard done")
+        pid_file = getattr(options, "pid_file", None)
+        if pid_file:
+            from keyshard import daemon
+
+            daemon.remove_pid_file(pid_file)
+    logger.log(klog.ALWAYS, "done, keyshard done")
     return 0

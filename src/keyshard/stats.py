@@ -1,30 +1,36 @@
-"""Counters kept by the data path, per pool and per server.
+"""Stats: the counters the data path keeps, and nutcracker's JSON stats document.
+
+Names, order and types come from `metrics.py` (the metric table); this module counts and
+renders.
 
 Rule 1: the data path only increments plain attributes (no locks, no dict lookups, no
-        formatting); documents are rendered when someone asks.
-Rule 2: gauges that are a queue's length (in_queue, out_queue and their bytes, client and
-        server connections) are read from the live connections when a document is rendered,
-        so they cost nothing per request and are always fresh.
+        formatting); documents are rendered when someone asks, so they are always fresh
+        (nutcracker's lag of one aggregation interval does not exist here).
+Rule 2: gauges (client_connections, server_connections, in_queue, out_queue and their bytes)
+        are read from the live connections when a document is rendered: they cost nothing per
+        request.
+Rule 3: the document has nutcracker's exact layout: the same top-level fields, pools and
+        servers in config order (already sorted as nutcracker sorts them), the same field names
+        in the same order, `", "` separators, a newline at the end.
+Rule 4: `fragments` counts the fragments split commands create. nutcracker 0.5.0 declares
+        it but never increments it; keyshard counts on purpose (the one counter that differs).
 """
 
 from __future__ import annotations
 
-# Counters the data path increments (the gauges of Rule 2 are computed, not stored).
-POOL_COUNTERS = ("client_eof", "client_err", "server_ejects", "forward_error", "fragments")
-SERVER_COUNTERS = (
-    "server_eof",
-    "server_err",
-    "server_timedout",
-    "server_ejected_at",
-    "requests",
-    "request_bytes",
-    "responses",
-    "response_bytes",
-)
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from keyshard.metrics import COUNTER, POOL_METRICS, SERVER_METRICS, TIMESTAMP
+
+POOL_COUNTERS = tuple(m.name for m in POOL_METRICS if m.type in (COUNTER, TIMESTAMP))
+SERVER_COUNTERS = tuple(m.name for m in SERVER_METRICS if m.type in (COUNTER, TIMESTAMP))
 
 
 class PoolStats:
-    __slots__ = POOL_COUNTERS + ("total_clients",)
+    __slots__ = POOL_COUNTERS
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -32,8 +38,48 @@ class PoolStats:
 
 
 class ServerStats:
-    __slots__ = SERVER_COUNTERS + ("total_connections",)
+    __slots__ = SERVER_COUNTERS
 
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
+
+
+class Source(Protocol):
+    """What the renderer needs from a running proxy (implemented by `app.Proxy`)."""
+
+    start_time: float
+
+    def pool_views(self) -> Iterable[tuple[str, dict[str, int], Iterable[tuple[str, dict[str, int]]]]]:
+        ...
+
+    def connection_counts(self) -> tuple[int, int]:
+        ...
+
+
+def _fields(values: dict[str, int], names: Iterable[str]) -> Iterator[str]:
+    for name in names:
+        yield f'"{name}":{values[name]}'
+
+
+def render(source: Source, service: str = "keyshard", version: str = "",
+           now: float | None = None) -> bytes:
+    """The stats document, byte for byte in nutcracker's layout (Rule 3)."""
+    now = time.time() if now is None else now
+    total, curr = source.connection_counts()
+    head = (f'"service":"{service}", "source":"{socket.gethostname()}", "version":"{version}", '
+            f'"uptime":{int(now - source.start_time)}, "timestamp":{int(now)}, '
+            f'"total_connections":{total}, "curr_connections":{curr}, ')
+    pools = []
+    pool_names = [m.name for m in POOL_METRICS]
+    server_names = [m.name for m in SERVER_METRICS]
+    for name, pool_values, servers in source.pool_views():
+        body = "".join(f + ", " for f in _fields(pool_values, pool_names))
+        rendered = [f'"{sname}": {{' + ", ".join(_fields(svalues, server_names)) + "}"
+                    for sname, svalues in servers]
+        pools.append(f'"{name}": {{' + body + ",".join(rendered) + "}")
+    return ("{" + head + ",".join(pools) + "}\n").encode()
+
+
+def counters(obj: Any) -> dict[str, int]:
+    return {name: getattr(obj, name) for name in obj.__slots__}

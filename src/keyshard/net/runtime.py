@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from keyshard.net.server import ECONNREFUSED, EINVAL, ServerConn
 from keyshard.pool import ServerPool
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
-from keyshard.stats import PoolStats, ServerStats
+from keyshard.stats import PoolStats, ServerStats, counters
 
 if TYPE_CHECKING:
     from keyshard.config import PoolConf, ServerConf
@@ -51,6 +51,7 @@ class ServerSlot:
         self.stats = ServerStats()
         self.conns: list[ServerConn] = []
         self.next = 0
+        self.total_conns = 0
 
     def conn(self) -> ServerConn:
         conns = self.conns
@@ -64,7 +65,7 @@ class ServerSlot:
     def open(self) -> ServerConn:
         conn = ServerConn(self.runtime, self)
         self.conns.append(conn)
-        self.stats.total_connections += 1
+        self.total_conns += 1
         task = self.runtime.loop.create_task(conn.connect())
         self.runtime.tasks.add(task)
         task.add_done_callback(self.runtime.tasks.discard)
@@ -75,6 +76,17 @@ class ServerSlot:
             self.conns.remove(conn)
         except ValueError:
             pass
+
+    def view(self) -> dict[str, int]:
+        values = counters(self.stats)
+        connected = [c for c in self.conns if c.connected]
+        connecting = [c for c in self.conns if not c.connected]
+        values["server_connections"] = len(connected)
+        values["in_queue"] = sum(len(c.outq) for c in connecting)
+        values["in_queue_bytes"] = sum(len(r.raw) for c in connecting for r in c.outq)
+        values["out_queue"] = sum(len(c.outq) for c in connected)
+        values["out_queue_bytes"] = sum(len(r.raw) for c in connected for r in c.outq)
+        return values
 
     def ok(self) -> None:
         pool = self.runtime.pool
@@ -153,8 +165,20 @@ class PoolRuntime:
                                                                        conf.redis_db))
         self.slots = [ServerSlot(self, i, s) for i, s in enumerate(conf.servers)]
         self.clients: set[ClientConn] = set()
+        self.total_clients = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused_servers: set[ServerConn] = set()
+
+    def view(self) -> tuple[str, dict[str, int], list[tuple[str, dict[str, int]]]]:
+        values = counters(self.stats)
+        values["client_connections"] = len(self.clients)
+        return self.conf.name, values, [(s.conf.name, s.view()) for s in self.slots]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(ever, now): client and server connections, as nutcracker counts its conns."""
+        servers_now = sum(len(s.conns) for s in self.slots)
+        servers_ever = sum(s.total_conns for s in self.slots)
+        return self.total_clients + servers_ever, len(self.clients) + servers_now
 
     def preconnect(self) -> None:
         for slot in self.slots:
@@ -165,7 +189,7 @@ class PoolRuntime:
 
     def client_opened(self, client: ClientConn) -> None:
         self.clients.add(client)
-        self.stats.total_clients += 1
+        self.total_clients += 1
         if self.paused_servers:
             client.pause_reading()
 
@@ -215,6 +239,7 @@ class PoolRuntime:
         route = self.pool.route
         frags, req.ctx = self.codec.split(req, lambda key: route(key, now))
         owner = SplitOwner(self, req, len(frags))
+        self.stats.fragments += len(frags)
         for pos, (idx, raw) in enumerate(frags):
             frag = Request(raw, KIND_FORWARD, req.cmd, b"")
             frag.owner = owner

@@ -1,0 +1,519 @@
+"""Redis codec: request framer, reply framer, local replies and handshakes (sans-IO).
+
+This module owns the bytes of the Redis protocol as nutcracker 0.5.0 speaks it. The command
+table is in `redis_commands`, split/merge in `redis_merge`; `RedisCodec` puts them together
+behind the contract of `protocol.base`.
+
+Requests (`RedisRequestParser`)
+Rule 1: only RESP arrays of bulk strings are requests: `*<narg>\\r\\n` then narg times
+        `$<len>\\r\\n<bytes>\\r\\n`. Inline commands, `*0`, an empty command name, a non-digit
+        in a length, a missing CRLF, an unknown command or a wrong number of arguments are
+        errors: `feed` returns the complete requests before the bad one and sets `error`;
+        every later `feed` returns []. Nothing ever raises out of `feed`.
+Rule 2: numbers are parsed as nutcracker does: digits only, any number of leading zeros,
+        and wrapped modulo 2**32 (nutcracker's counters are uint32: `*4294967298` is 2).
+        A `$` header of a key element (see redis_commands, Rule 2) may have no digits at all
+        (length 0); everywhere else at least one digit is required. A header longer than
+        MAX_HEADER_DIGITS characters is an error (nutcracker would buffer it; no client
+        writes 33-digit numbers).
+Rule 3: a key element of `max_key_len` bytes or more is an error (nutcracker: the key must fit
+        in one mbuf, 16384 - 48 = 16336 by default), checked at its `$` header, before the
+        key bytes arrive. EVAL's numkeys must be digits and not 0 (after wrapping).
+Rule 4: deliberate differences in *timing* only (the outcome, a close without a reply, is
+        the same): the arity is checked as soon as the command name is known (nutcracker
+        checks after the first key), and a command name longer than the longest known name
+        is rejected at its `$` header (nutcracker waits for the bytes, and hangs when they
+        span more than an mbuf).
+Rule 5: nothing is allocated from a declared count or length: `*2147483647` or
+        `$2147483648` just wait for bytes. Memory grows only with bytes received, and there
+        is no other bound on a request, as in nutcracker (it buffers a whole request too).
+Rule 6: a request cut at any byte is resumed, not re-parsed: the parser keeps the bytes of the
+        elements already parsed, and buffers incoming data without joining it until a
+        pending bulk can be complete, so a huge request costs linear time.
+
+Replies (`RedisReplyParser`)
+Rule 7: RESP2 only: `+`/`-` lines (a CR must be followed by LF), `:` with digits and `-`
+        anywhere (nutcracker accepts `:1-2`), `$<len>` bulks, `*<n>` arrays nested to any
+        depth. `$-<digits>` and `*-<digits>` are nulls. Lengths wrap modulo 2**32 like
+        requests. Anything else (RESP3 types included) is an error. Each reply is returned as
+        its exact bytes.
+
+Local replies and handshakes: see `PONG`, `NOAUTH`, `auth_reply`, `server_handshake`,
+`error_reply`, `is_failure_reply`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .base import ProtocolError, Request
+from .redis_commands import (
+    ARGEVAL,
+    FAST_HEADS,
+    KEYS_ALL,
+    LOOKUP,
+    MAX_NAME_LEN,
+    PLACEHOLDER,
+    CommandSpec,
+)
+from .redis_merge import (
+    NOAUTH,
+    PONG,
+    auth_reply,
+    close_on_split_error,
+    error_reply,
+    is_failure_reply,
+    merge,
+    server_handshake,
+    split,
+)
+
+__all__ = [
+    "CODEC", "DEFAULT_MAX_KEY_LEN", "NOAUTH", "PONG", "RedisCodec", "RedisReplyParser",
+    "RedisRequestParser", "auth_reply", "close_on_split_error", "error_reply",
+    "is_failure_reply", "merge", "server_handshake", "split",
+]
+
+DEFAULT_MAX_KEY_LEN: Final = 16384 - 48  # nutcracker: mbuf_data_size() with the default -m
+MAX_HEADER_DIGITS: Final = 32
+_MASK32: Final = 0xFFFFFFFF
+_NIL: Final = b"$-1\r\n"
+
+
+
+def _number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
+    """Decode the `*`/`$` header at `p`: (value, position after CRLF), or (0, -1) if cut."""
+    i = buf.find(b"\r", p + 1, p + 2 + MAX_HEADER_DIGITS)
+    if i < 0:
+        seen = buf[p + 1:p + 1 + MAX_HEADER_DIGITS]
+        if seen and not seen.isdigit():
+            raise ProtocolError("bad length")
+        if n - p - 1 > MAX_HEADER_DIGITS:
+            raise ProtocolError("length too long")
+        return 0, -1
+    digits = buf[p + 1:i]
+    if digits:
+        if not digits.isdigit():
+            raise ProtocolError("bad length")
+        value = int(digits) & _MASK32
+    elif allow_empty:
+        value = 0
+    else:
+        raise ProtocolError("bad length")
+    if i + 1 >= n:
+        return 0, -1
+    if buf[i + 1] != 10:
+        raise ProtocolError("missing LF")
+    return value, i + 2
+
+
+# Hot-path tables (see RedisRequestParser._run).
+# The first 5 bytes of an element -> (header length, body length), for `$<1 to 3 digits>`.
+# With 3 digits the header's CRLF is not among the 5 bytes and is checked apart (h == 6).
+_ELEMENT_HEADS: Final = {
+    **{b"$%d\r\n%c" % (size, c): (4, size) for size in range(10) for c in range(256)},
+    **{b"$%d\r\n" % size: (5, size) for size in range(10, 100)},
+    **{b"$%d\r" % size: (6, size) for size in range(100, 1000)},
+}
+
+
+def _numkeys(digits: bytes) -> None:
+    """EVAL/EVALSHA numkeys: digits only, not 0 once wrapped to 32 bits."""
+    if not digits.isdigit() or int(digits) & _MASK32 == 0:
+        raise ProtocolError("bad numkeys")
+
+
+class RedisRequestParser:
+    """Frames client bytes into `Request`s; see the module docstring, Rules 1-6."""
+
+    __slots__ = ("_chunks", "_have", "_maxk", "_need", "_parts", "_st", "error")
+
+    def __init__(self, max_key_len: int = DEFAULT_MAX_KEY_LEN) -> None:
+        if max_key_len < 1:
+            raise ValueError("max_key_len must be positive")
+        self.error: str | None = None
+        self._maxk = max_key_len
+        self._chunks: list[bytes] = []  # unparsed bytes, joined once `_need` of them are here
+        self._have = 0
+        self._need = 0
+        self._parts: list[bytes] = []  # bytes of the request in progress, already parsed
+        # the request in progress, past its name: (spec, narg, next element, key, args)
+        self._st: tuple[CommandSpec, int, int, bytes, list[bytes] | None] | None = None
+
+    def feed(self, data: bytes) -> list[Request]:
+        """Parse `data` (any cut); return the requests it completes."""
+        if self.error is not None or not data:
+            return []
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+        else:
+            buf = data
+        out: list[Request] = []
+        try:
+            n = len(buf)
+            p = 0
+            if self._st is not None:
+                p = self._resume(buf, n, out)
+            if 0 <= p < n:
+                self._run(buf, p, n, out)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 -- a bug of ours must not kill the event loop
+            self._fail(f"internal error: {exc!r}")
+        return out
+
+    def _fail(self, reason: str) -> None:
+        self.error = reason
+        self._chunks = []
+        self._parts = []
+        self._st = None
+
+    def _wait(self, buf: bytes, start: int, n: int, need: int) -> None:
+        """The request at `start` is cut before its name ends: keep it whole, parse it later."""
+        self._chunks = [buf[start:]]
+        self._have = n - start
+        self._need = need
+
+    def _run(self, buf: bytes, p: int, n: int, out: list[Request]) -> int:
+        """Parse requests from `p` to the end of `buf`; return -1 once one is cut.
+
+        Hot path: the request head and the element headers are looked up in tables by their
+        exact bytes (`FAST_HEADS`, `_ELEMENT_HEADS`; a lookup costs less than the byte-by-byte
+        checks it replaces). Elements of `max_key_len` bytes or more, long headers, mixed-case
+        names, cuts, errors and EVAL go to `_head` / `_elements`, the general path.
+        """
+        append = out.append
+        maxk = self._maxk
+        while p < n:
+            start = p
+            end = p + 10 + buf[p + 5] - 48 if p + 5 < n else p  # one-digit name length
+            hit = FAST_HEADS.get(buf[p:end])
+            if hit is not None:
+                spec, narg, kind, want_args, fast = hit
+                p = end
+            else:
+                head = self._head(buf, start, n)
+                if head is None:
+                    return -1
+                spec, narg, p, (kind, want_args, fast) = head
+            args: list[bytes] | None = [] if want_args else None
+            keyidx = spec.key_index
+            key = PLACEHOLDER
+            idx = 1
+            while idx < narg:
+                sized = _ELEMENT_HEADS.get(buf[p:p + 5]) if fast else None
+                if sized is not None and sized[1] < maxk:  # no key-length check needed
+                    q = p + sized[0]
+                    e = q + sized[1]
+                    if buf[e:e + 2] == b"\r\n" and (q < p + 6 or buf[p + 5] == 10):
+                        if idx == keyidx:
+                            key = buf[q:e]
+                        if args is not None:
+                            args.append(buf[q:e])
+                        p = e + 2
+                        idx += 1
+                        continue
+                p = self._elements(buf, p, n, start, spec, narg, idx, key, args, None, out)
+                break
+            else:
+                append(Request(buf[start:p], kind, spec.name, key, args))
+            if p < 0:
+                return -1
+        return p
+
+    def _head(self, buf: bytes, start: int, n: int
+              ) -> tuple[CommandSpec, int, int, tuple[int, bool, bool]] | None:
+        """General path for `*<narg>` and the command name: (spec, narg, end of the name,
+        plan), or None when cut (the request is kept whole for the next feed)."""
+        if buf[start] != 42:  # '*'
+            raise ProtocolError("not an array (inline command?)")
+        narg, p = _number(buf, start, n, False)
+        if p < 0 or p >= n:
+            self._wait(buf, start, n, n - start + 1)
+            return None
+        if narg == 0:
+            raise ProtocolError("bad narg")
+        if buf[p] != 36:  # '$'
+            raise ProtocolError("not a bulk string")
+        size, q = _number(buf, p, n, False)
+        if q >= 0 and (size == 0 or size > MAX_NAME_LEN):
+            raise ProtocolError("unsupported command")
+        if q < 0 or q + size + 2 > n:
+            self._wait(buf, start, n, n - start + 1 if q < 0 else q + size + 2 - start)
+            return None
+        e = q + size
+        if buf[e] != 13 or buf[e + 1] != 10:
+            raise ProtocolError("missing CRLF")
+        name = buf[q:e]
+        spec = LOOKUP.get(name) or LOOKUP.get(name.lower())
+        if spec is None or not spec.supported:
+            raise ProtocolError(f"unsupported command {name!r}")
+        plan = spec.plan(narg)
+        if plan is None:
+            raise ProtocolError(f"wrong number of arguments for {spec.name.decode()}")
+        return spec, narg, e + 2, plan
+
+    def _resume(self, buf: bytes, n: int, out: list[Request]) -> int:
+        assert self._st is not None
+        spec, narg, idx, key, args = self._st
+        parts = self._parts
+        self._st = None
+        self._parts = []
+        return self._elements(buf, 0, n, 0, spec, narg, idx, key, args, parts, out)
+
+    def _elements(self, buf: bytes, p: int, n: int, start: int, spec: CommandSpec, narg: int,
+                  idx: int, key: bytes, args: list[bytes] | None, parts: list[bytes] | None,
+                  out: list[Request]) -> int:
+        """Parse elements `idx`..narg-1 at `p`; append the request; return its end or -1."""
+        keyidx = spec.key_index
+        while idx < narg:
+            h = p
+            if p >= n:
+                return self._save(buf, start, h, n, 1, spec, narg, idx, key, args, parts)
+            if buf[p] != 36:
+                raise ProtocolError("not a bulk string")
+            iskey = idx == keyidx or self._key_element(spec, idx)
+            size, q = _number(buf, p, n, iskey)
+            if q < 0:
+                return self._save(buf, start, h, n, n - h + 1, spec, narg, idx, key, args, parts)
+            if iskey and size >= self._maxk:
+                raise ProtocolError(f"key too long for {spec.name.decode()}")
+            e = q + size
+            if e + 2 > n:
+                return self._save(buf, start, h, n, e + 2 - h, spec, narg, idx, key, args, parts)
+            if buf[e] != 13 or buf[e + 1] != 10:
+                raise ProtocolError("missing CRLF")
+            if idx == keyidx:
+                key = buf[q:e]
+            elif idx == 2 and spec.cls == ARGEVAL:
+                _numkeys(buf[q:e])
+            if args is not None:
+                args.append(buf[q:e])
+            p = e + 2
+            idx += 1
+        if parts is None:
+            raw = buf[start:p]
+        else:
+            parts.append(buf[start:p])
+            raw = b"".join(parts)
+        out.append(Request(raw, spec.kind_for(narg), spec.name, key, args))
+        return p
+
+    @staticmethod
+    def _key_element(spec: CommandSpec, idx: int) -> bool:
+        mode = spec.key_elements
+        return mode == KEYS_ALL or (mode > KEYS_ALL and idx & 1 == 1)
+
+    def _save(self, buf: bytes, start: int, h: int, n: int, need: int, spec: CommandSpec,
+              narg: int, idx: int, key: bytes, args: list[bytes] | None,
+              parts: list[bytes] | None) -> int:
+        """Cut inside element `idx` (starting at `h`): keep what is parsed, wait for more."""
+        if parts is None:
+            parts = []
+        if h > start:
+            parts.append(buf[start:h])
+        self._parts = parts
+        self._st = (spec, narg, idx, key, args)
+        self._chunks = [buf[h:]] if h < n else []
+        self._have = n - h
+        self._need = need
+        return -1
+
+
+_INTEGER_CHARS: Final = b"-0123456789"
+
+
+def _integer_ok(digits: bytes) -> bool:
+    """`:` replies: nutcracker accepts digits and '-' in any order, even none at all."""
+    return not digits.translate(None, _INTEGER_CHARS)
+
+
+def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
+    """One reply token at `p`: (end, k) with k > 0 for an array header of k elements, k <= 0
+    for a complete element; (-1, bytes needed from p) when cut."""
+    c = buf[p]
+    if c == 36 or c == 42:  # '$' / '*'
+        if p + 1 < n and buf[p + 1] == 45:  # '-': null bulk / null array
+            _, q = _number(buf, p + 1, n, False)
+            return (q, 0) if q >= 0 else (-1, n - p + 1)
+        size, q = _number(buf, p, n, False)
+        if q < 0:
+            return -1, n - p + 1
+        if c == 42:
+            return q, size
+        e = q + size
+        if e + 2 > n:
+            return -1, e + 2 - p
+        if buf[e] != 13 or buf[e + 1] != 10:
+            raise ProtocolError("bulk without CRLF")
+        return e + 2, 0
+    if c == 43 or c == 45 or c == 58:  # '+' / '-' / ':'
+        i = buf.find(b"\r", p + 1)
+        if i < 0 or i + 1 >= n:
+            return -1, n - p + 1
+        if buf[i + 1] != 10:
+            raise ProtocolError("CR without LF")
+        if c == 58 and not _integer_ok(buf[p + 1:i]):
+            raise ProtocolError("bad integer")
+        return i + 2, 0
+    raise ProtocolError(f"bad reply type {bytes([c])!r}")
+
+
+class RedisReplyParser:
+    """Frames server bytes into replies, the exact bytes of each; see Rule 7."""
+
+    __slots__ = ("_chunks", "_have", "_need", "_parts", "_stack", "error")
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self._parts: list[bytes] = []
+        self._stack: list[int] | None = None  # elements left per open array, mid-reply
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Parse `data` (any cut); return the replies it completes."""
+        if self.error is not None or not data:
+            return []
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+        else:
+            buf = data
+        out: list[bytes] = []
+        try:
+            self._parse(buf, len(buf), out)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 -- a bug of ours must not kill the event loop
+            self._fail(f"internal error: {exc!r}")
+        return out
+
+    def _fail(self, reason: str) -> None:
+        self.error = reason
+        self._chunks = []
+        self._parts = []
+        self._stack = None
+
+    def _parse(self, buf: bytes, n: int, out: list[bytes]) -> None:
+        p = 0
+        if self._stack is not None:
+            stack, parts = self._stack, self._parts
+            self._stack, self._parts = None, []
+            p = self._frame(buf, 0, n, 0, stack, parts, out)
+        append = out.append
+        while 0 <= p < n:
+            # Hot paths: a bulk with a 1- to 3-digit length, a nil, a line.
+            c = buf[p]
+            if c == 36:
+                sized = _ELEMENT_HEADS.get(buf[p:p + 5])
+                if sized is not None:
+                    h = sized[0]
+                    e = p + h + sized[1] + 2
+                    if buf[e - 2:e] == b"\r\n" and (h < 6 or buf[p + 5] == 10):
+                        append(buf[p:e])
+                        p = e
+                        continue
+                elif buf[p:p + 5] == _NIL:
+                    append(_NIL)
+                    p += 5
+                    continue
+            elif c == 43 or c == 45 or c == 58:
+                i = buf.find(b"\r", p + 1)
+                if 0 < i < n - 1 and buf[i + 1] == 10 and (
+                        c != 58 or not buf[p + 1:i].translate(None, _INTEGER_CHARS)):
+                    append(buf[p:i + 2])
+                    p = i + 2
+                    continue
+            p = self._frame(buf, p, n, p, [], None, out)
+
+    def _frame(self, buf: bytes, p: int, n: int, start: int, stack: list[int],
+               parts: list[bytes] | None, out: list[bytes]) -> int:
+        """Parse one whole reply (resuming inside `stack`); return its end, or -1 if cut."""
+        while True:
+            sized = _ELEMENT_HEADS.get(buf[p:p + 5])  # hot path: short bulk elements
+            end = -1
+            if sized is not None:
+                h, size = sized
+                end = p + h + size + 2
+                if buf[end - 2:end] != b"\r\n" or (h == 6 and buf[p + 5] != 10):
+                    end = -1
+            if end >= 0:
+                k = 0
+            else:
+                end, k = _item(buf, p, n)
+                if end < 0:
+                    return self._save(buf, start, p, n, k, stack, parts)
+            p = end
+            if k > 0:
+                stack.append(k)
+            else:
+                while stack:
+                    stack[-1] -= 1
+                    if stack[-1]:
+                        break
+                    stack.pop()
+                if not stack:
+                    if parts is None:
+                        out.append(buf[start:p])
+                    else:
+                        parts.append(buf[start:p])
+                        out.append(b"".join(parts))
+                    return p
+            if p >= n:
+                return self._save(buf, start, p, n, 1, stack, parts)
+
+    def _save(self, buf: bytes, start: int, p: int, n: int, need: int, stack: list[int],
+              parts: list[bytes] | None) -> int:
+        """Cut at `p`: keep the parsed part of the reply, wait for `need` more bytes."""
+        if stack:
+            if parts is None:
+                parts = []
+            if p > start:
+                parts.append(buf[start:p])
+            self._parts = parts
+            self._stack = stack
+            self._chunks = [buf[p:]] if p < n else []
+        else:  # cut inside a top-level element: it is re-parsed whole
+            self._chunks = [buf[start:]]
+            p = start
+        self._have = n - p
+        self._need = need
+        return -1
+
+
+class RedisCodec:
+    """The Redis side of the codec contract of `protocol.base`."""
+
+    name = "redis"
+    PONG: Final = PONG
+    NOAUTH: Final = NOAUTH
+
+    @staticmethod
+    def request_parser(max_key_len: int = DEFAULT_MAX_KEY_LEN) -> RedisRequestParser:
+        return RedisRequestParser(max_key_len)
+
+    @staticmethod
+    def reply_parser() -> RedisReplyParser:
+        return RedisReplyParser()
+
+    error_reply = staticmethod(error_reply)
+    is_failure_reply = staticmethod(is_failure_reply)
+    auth_reply = staticmethod(auth_reply)
+    server_handshake = staticmethod(server_handshake)
+    split = staticmethod(split)
+    merge = staticmethod(merge)
+    close_on_split_error = staticmethod(close_on_split_error)
+
+
+CODEC: Final = RedisCodec()

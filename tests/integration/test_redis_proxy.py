@@ -231,3 +231,10 @@ def test_unix_socket_backend(procs, tmp_path) -> None:  # type: ignore[no-untype
     assert exchange(port, resp("SET", "u", "1") + resp("GET", "u")) == b"+OK\r\n$1\r\n1\r\n"
     assert backend.client().get("u") == b"1"
     assert proxy.alive()
+
+
+def test_half_close_gets_every_reply(rig: Rig) -> None:
+    """Replies answered in the same loop iteration as the client's FIN are still sent."""
+    for i in range(200):
+        got = exchange(rig.port, resp("SET", f"hc{i}", "v") + resp("GET", f"hc{i}"))
+        assert got == b"+OK\r\n$1\r\nv\r\n", i

@@ -86,6 +86,7 @@ class ClientConn(asyncio.Protocol, Writer):
     def eof_received(self) -> bool:
         self.eof = True
         self.runtime.stats.client_eof += 1
+        self.flush()  # replies answered in this iteration are still in wbuf: send them first
         if not self.queue:
             return False  # nothing pending: let the transport close
         self.closing = True

@@ -137,6 +137,8 @@ class ClientConn(asyncio.Protocol, Writer):
         if not queue or queue[0] is not req:
             return  # an earlier request is still waiting; it will drain this one too
         write = self.write
+        observe = self.runtime.observe
+        now = self.runtime.loop.time() if observe is not None else 0.0
         while queue:
             head = queue[0]
             reply = head.reply
@@ -144,6 +146,8 @@ class ClientConn(asyncio.Protocol, Writer):
                 break
             queue.popleft()
             write(reply)
+            if observe is not None:
+                observe(head.cmd, now - head.start)
         if not queue and self.closing:
             self.close()
         elif self.read_paused:

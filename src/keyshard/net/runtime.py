@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from keyshard.net.server import ECONNREFUSED, EINVAL, ServerConn
@@ -168,6 +169,8 @@ class PoolRuntime:
         self.total_clients = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused_servers: set[ServerConn] = set()
+        # observe(cmd, seconds) for every reply written; None costs one check per read/write
+        self.observe: Callable[[bytes, float], None] | None = None
 
     def view(self) -> tuple[str, dict[str, int], list[tuple[str, dict[str, int]]]]:
         values = counters(self.stats)
@@ -200,6 +203,9 @@ class PoolRuntime:
         """Route every request of one read (the hot path)."""
         queue = client.queue
         now = self.loop.time()
+        if self.observe is not None:
+            for req in reqs:
+                req.start = now
         route = self.pool.route
         slots = self.slots
         for req in reqs:

@@ -68,6 +68,7 @@ class Request:
         "pending",  # number of fragment replies still awaited
         "deadline",  # float: loop time when the request times out
         "server",  # the server connection the request was sent to
+        "start",  # float: loop time when parsed (set only when latency is observed)
     )
 
     def __init__(
@@ -91,6 +92,7 @@ class Request:
         self.pending = 0
         self.deadline = 0.0
         self.server: Any = None
+        self.start = 0.0
 
     def __repr__(self) -> str:
         return f"Request(kind={self.kind}, cmd={self.cmd!r}, key={self.key!r}, raw={self.raw[:60]!r})"

@@ -22,18 +22,24 @@ Method.
 - Interleaving: for each workload, runs alternate between the proxies (nut, ks, nut, ks, ...),
   three repetitions by default, so drift of the machine over time hits both alike. Each cell
   of the table is the median of the repetitions; the chart's whiskers show min and max.
+  Ratios are of the medians; in brackets, the range of the per-repetition ratios (each from
+  two runs adjacent in time): a range that straddles 1.0 means "no difference measured".
 - N: a short warm-up run on every proxy precedes each workload; the first proxy's warm-up rate
   sets N so a run on it lasts about `--seconds` (4 s). Every proxy gets the same N.
 - Requests/s and p99 come from the client (redis-benchmark `--csv`, memcslap's timed phase).
 - CPU per request: utime+stime (plus reaped children) of the proxy's process tree from
   /proc/<pid>/stat, read just before the client starts and after it exits, converted from
-  clock ticks with os.sysconf('SC_CLK_TCK') and divided by the requests the client sent.
+  clock ticks with os.sysconf('SC_CLK_TCK') and divided by the requests the client sent
+  (an MGET of 10 keys is one request, however many fragments the proxy makes of it).
   One tick is 10 ms, under 1% of a 4 s run at these rates; `--quick` runs are noisier.
   CPU per request is the fairer figure on this machine (below): it does not depend on how much
   core time the client and the backends leave to the proxy.
 - RSS: VmRSS of the proxy's process tree after the run. KB per idle connection is
   (RSS with the idle connections - RSS before) / connections, on a freshly started proxy
   (a warm one would reuse freed memory and show ~0).
+- Noise gauge: during every run the task CPU of the whole machine (/proc/stat) minus that of
+  our own processes (proxy, backends, client, this program) is "foreign" CPU: another test
+  suite on the same cores. Workloads with a run above 10% are marked ‡ in the table.
 - Robustness: a run is bounded by N and by a timeout (the client is killed); a proxy that dies
   is restarted for the next run and the run is reported as failed; each run starts with a
   byte-exact SET/GET probe. Every process is stopped by PID at the end, also on Ctrl-C.

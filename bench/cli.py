@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         proxies = [Proxy(k, lab, logs, backends) for k, lab in zip(a.kinds, labels)]
         for p in proxies:
             _ensure_running(p)
-        _run_all(a, proxies, results, meta)
+        _run_all(a, backends, proxies, results, meta)
     except KeyboardInterrupt:
         meta["interrupted"] = True
         print("\ninterrupted: reporting what ran", file=sys.stderr)
@@ -115,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     return _report(a, labels, meta, results)
 
 
-def _run_all(a: argparse.Namespace, proxies: list[Proxy], results: report.Results,
-             meta: dict[str, Any]) -> None:
+def _run_all(a: argparse.Namespace, backends: Backends, proxies: list[Proxy],
+             results: report.Results, meta: dict[str, Any]) -> None:
     timeout = a.seconds * 20 + 30
+    others = tuple(c.pid for c in backends.children())
     total, done = len(a.workloads) * a.reps * len(proxies), 0
     for w in a.workloads:
-        n = _choose_n(w, proxies, a.seconds, timeout, meta)
+        warm_n = w.warmup_n // 2 if a.quick else w.warmup_n
+        n = _choose_n(w, warm_n, proxies, a.seconds, timeout, meta, others)
         per = results.setdefault(w.name, {p.label: [] for p in proxies})
         for rep in range(a.reps):
             for p in proxies:
@@ -128,26 +130,26 @@ def _run_all(a: argparse.Namespace, proxies: list[Proxy], results: report.Result
                 if not _ensure_running(p):
                     run = Run(w.name, p.label, n, error=p.start_error)
                 else:
-                    run = measure(w, p, n, timeout)
+                    run = measure(w, p, n, timeout, others)
                 per[p.label].append(run)
                 print(f"[{done}/{total}] {w.name} rep {rep + 1}/{a.reps} {p.label}: "
                       f"{_brief(run)}", flush=True)
 
 
-def _choose_n(w: Workload, proxies: list[Proxy], seconds: float, timeout: float,
-              meta: dict[str, Any]) -> int:
+def _choose_n(w: Workload, warm_n: int, proxies: list[Proxy], seconds: float, timeout: float,
+              meta: dict[str, Any], others: tuple[int, ...]) -> int:
     """Warm every proxy up with a short run; the first one that works sets N for `seconds`."""
     warm = replace(w, kind="redis") if w.kind == "idle" else w
     rate, source = None, None
     for p in proxies:
         if not _ensure_running(p):
             continue
-        run = measure(warm, p, w.warmup_n, timeout)
+        run = measure(warm, p, warm_n, timeout, others)
         print(f"  warm-up {w.name} {p.label}: {_brief(run)}", flush=True)
         if run.ok and rate is None and run.rps:
             rate, source = run.rps, p.label
-    n = w.warmup_n * 10 if rate is None else int(rate * seconds)
-    n = max(w.warmup_n, min(n, w.warmup_n * 500))
+    n = warm_n * 10 if rate is None else int(rate * seconds)
+    n = max(warm_n, min(n, warm_n * 500))
     n = -(-n // 1000) * 1000
     meta.setdefault("n", {})[w.name] = {"n": n, "from": source, "warmup_rps": rate}
     return n

@@ -149,3 +149,36 @@ def parse_vmrss_kb(status_text: str) -> int:
 def ticks_to_us(ticks: int, clk_tck: int) -> float:
     """Clock ticks (os.sysconf('SC_CLK_TCK') per second) to microseconds."""
     return ticks * 1_000_000 / clk_tck
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The aggregate `cpu` line of /proc/stat, in clock ticks summed over all CPUs."""
+
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+
+    @property
+    def task(self) -> int:
+        """Time charged to tasks (what per-process utime+stime add up to)."""
+        return self.user + self.nice + self.system
+
+
+def parse_proc_stat_cpu(text: str) -> CpuTimes:
+    """The first line of /proc/stat: `cpu  user nice system idle iowait irq softirq steal ...`."""
+    for line in text.splitlines():
+        f = line.split()
+        if f and f[0] == "cpu":
+            if len(f) < 9:
+                raise ParseError(f"short cpu line in /proc/stat: {line!r}")
+            try:
+                return CpuTimes(*(int(x) for x in f[1:9]))
+            except ValueError:
+                raise ParseError(f"bad cpu line in /proc/stat: {line!r}") from None
+    raise ParseError("no aggregate cpu line in /proc/stat")

@@ -47,6 +47,9 @@ class Cell:
     rss_kb: float | None = None
     idle: dict[str, float | None] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    per_rep_rps: list[float | None] = field(default_factory=list)    # None: that run failed
+    per_rep_cpu: list[float | None] = field(default_factory=list)
+    foreign_max_pct: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -58,7 +61,11 @@ _IDLE_KEYS = ("rss_before_kb", "rss_idle_kb", "rss_after_kb", "kb_per_idle_conn"
 
 def cell(runs: list[Run]) -> Cell:
     good = [r for r in runs if r.ok]
-    c = Cell(runs=len(runs), ok=len(good), errors=[r.error for r in runs if r.error])
+    c = Cell(runs=len(runs), ok=len(good), errors=[r.error for r in runs if r.error],
+             per_rep_rps=[r.rps if r.ok else None for r in runs],
+             per_rep_cpu=[r.cpu_us_per_req if r.ok else None for r in runs])
+    foreign = [r.extra["foreign_cpu_pct"] for r in runs if "foreign_cpu_pct" in r.extra]
+    c.foreign_max_pct = max(foreign, default=None)
     if not good:
         return c
     rps = [r.rps for r in good if r.rps is not None]
@@ -81,6 +88,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def paired(other: list[float | None], base: list[float | None]) -> list[float]:
+    """Ratios of the runs of one repetition (adjacent in time, so slow drift cancels)."""
+    return [r for o, b in zip(other, base) if (r := ratio(o, b)) is not None]
+
+
 # ---- Markdown ---------------------------------------------------------------------------------
 
 def _fmt(v: float | None, spec: str, c: Cell) -> str:
@@ -90,8 +102,15 @@ def _fmt(v: float | None, spec: str, c: Cell) -> str:
     return text + (" †" if c.ok < c.runs else "")
 
 
-def _ratio_fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}×"
+def _ratio_fmt(v: float | None, pairs: list[float] | None = None) -> str:
+    if v is None:
+        return "—"
+    if pairs and len(pairs) > 1:
+        return f"{v:.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
+    return f"{v:.2f}×"
+
+
+DISTURBED_PCT = 10.0
 
 
 def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
@@ -107,16 +126,19 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
         cells = summary.get(w.name)
         if not cells:
             continue
-        row = [w.title]
+        disturbed = any((c.foreign_max_pct or 0) > DISTURBED_PCT for c in cells.values())
+        row = [w.title + (" ‡" if disturbed else "")]
         row += [_fmt(cells[p].rps, ",.0f", cells[p]) for p in labels]
-        row += [_ratio_fmt(ratio(cells[o].rps, cells[base].rps)) for o in others]
+        row += [_ratio_fmt(ratio(cells[o].rps, cells[base].rps),
+                           paired(cells[o].per_rep_rps, cells[base].per_rep_rps)) for o in others]
         row += [_fmt(cells[p].p99_ms, ".3f", cells[p]) for p in labels]
         row += [_fmt(cells[p].cpu_us_per_req, ".2f", cells[p]) for p in labels]
-        row += [_ratio_fmt(ratio(cells[o].cpu_us_per_req, cells[base].cpu_us_per_req))
-                for o in others]
+        row += [_ratio_fmt(ratio(cells[o].cpu_us_per_req, cells[base].cpu_us_per_req),
+                           paired(cells[o].per_rep_cpu, cells[base].per_rep_cpu)) for o in others]
         row += [_fmt(None if cells[p].rss_kb is None else cells[p].rss_kb / 1024, ".1f", cells[p])
                 for p in labels]
         out.append("| " + " | ".join(row) + " |")
+    out += _disturbance(summary)
     out += _idle_table(summary, labels, meta)
     out += _failures(summary, workloads)
     return "\n".join(out) + "\n"
@@ -129,6 +151,20 @@ def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
             f"ratios are against {labels[0]} (rps: higher is better, CPU/request: lower is "
             f"better). {meta.get('cores')} cores shared by client, backends and proxy. "
             f"commit {meta.get('commit', '?')}; p99 from redis-benchmark (memcslap gives none).")
+
+
+def _disturbance(summary: dict[str, dict[str, Cell]]) -> list[str]:
+    worst = [c.foreign_max_pct for cells in summary.values() for c in cells.values()
+             if c.foreign_max_pct is not None]
+    if not worst:
+        return []
+    note = (f"\nRatios: of the medians, with the range of the per-repetition ratios in brackets. "
+            f"Other processes took at most {max(worst):.0f}% of the machine during a run.")
+    if max(worst) > DISTURBED_PCT:
+        note += (f" ‡ marks workloads with a run where they took more than {DISTURBED_PCT:.0f}% "
+                 f"(foreign_cpu_pct in results.json): treat those requests/s with care; "
+                 f"CPU/request is much less affected.")
+    return [note]
 
 
 def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],

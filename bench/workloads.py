@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench import machine
 from bench.fleet import ROOT, Proxy, tree_cpu_ticks, tree_rss_kb, tree_socket_fds
 from bench.parse import ParseError, parse_memcslap, parse_redis_benchmark_csv, ticks_to_us
 
@@ -35,22 +36,22 @@ class Workload:
     title: str                # row label in the table and the chart
     kind: str                 # "redis", "idle" or "memcache"
     args: tuple[str, ...]     # redis-benchmark test arguments, or ("get",) / ("set",) for memcslap
-    warmup_n: int             # requests in the warm-up run (which also sets N)
+    warmup_n: int             # requests in the warm-up run (~0.5-1 s on nutcracker; sets N)
     keyspace: int = KEYSPACE
 
 
 WORKLOADS: list[Workload] = [
-    Workload("get_p1", "GET P1", "redis", ("-t", "get", "-P", "1"), 20_000),
-    Workload("set_p1", "SET P1", "redis", ("-t", "set", "-P", "1"), 20_000),
-    Workload("get_p16", "GET P16", "redis", ("-t", "get", "-P", "16"), 100_000),
-    Workload("set_p16", "SET P16", "redis", ("-t", "set", "-P", "16"), 100_000),
-    Workload("mget10", "MGET 10 keys", "redis", ("MGET", *[KEY] * 10), 10_000),
-    Workload("idle1000", "GET P1 + 1000 idle", "idle", ("-t", "get", "-P", "1"), 20_000),
+    Workload("get_p1", "GET P1", "redis", ("-t", "get", "-P", "1"), 40_000),
+    Workload("set_p1", "SET P1", "redis", ("-t", "set", "-P", "1"), 40_000),
+    Workload("get_p16", "GET P16", "redis", ("-t", "get", "-P", "16"), 300_000),
+    Workload("set_p16", "SET P16", "redis", ("-t", "set", "-P", "16"), 300_000),
+    Workload("mget10", "MGET 10 keys", "redis", ("MGET", *[KEY] * 10), 20_000),
+    Workload("idle1000", "GET P1 + 1000 idle", "idle", ("-t", "get", "-P", "1"), 40_000),
     # 4 KB values on a 10,000-key space: 40 MB per redis-server instead of 400 MB.
-    Workload("set4k", "SET 4KB", "redis", ("-t", "set", "-d", "4096", "-P", "1"), 10_000,
+    Workload("set4k", "SET 4KB", "redis", ("-t", "set", "-d", "4096", "-P", "1"), 30_000,
              keyspace=10_000),
-    Workload("mc_get", "memcache get", "memcache", ("get",), 20_000),
-    Workload("mc_set", "memcache set", "memcache", ("set",), 20_000),
+    Workload("mc_get", "memcache get", "memcache", ("get",), 30_000),
+    Workload("mc_set", "memcache set", "memcache", ("set",), 30_000),
 ]
 
 
@@ -171,16 +172,18 @@ def probe(port: int, kind: str, timeout: float = 3.0) -> None:
 
 # ---- one measured run ------------------------------------------------------------------------
 
-def measure(w: Workload, proxy: Proxy, n: int, timeout: float) -> Run:
+def measure(w: Workload, proxy: Proxy, n: int, timeout: float,
+            others: tuple[int, ...] = ()) -> Run:
+    """One run; `others` are the backends' PIDs (their CPU is ours, not foreign)."""
     run = Run(w.name, proxy.label, n)
     try:
         if not proxy.alive():
             raise RunFailed("proxy not running")
         if w.kind == "idle":
-            _idle_run(w, proxy, n, timeout, run)
+            _idle_run(w, proxy, n, timeout, others, run)
         else:
             probe(port_for(w, proxy), w.kind)
-            _client_run(w, proxy, n, timeout, run)
+            _client_run(w, proxy, n, timeout, others, run)
     except RunFailed as err:
         run.error = str(err)
     if not proxy.alive():
@@ -190,20 +193,24 @@ def measure(w: Workload, proxy: Proxy, n: int, timeout: float) -> Run:
     return run
 
 
-def _client_run(w: Workload, proxy: Proxy, n: int, timeout: float, run: Run) -> None:
-    pid = proxy.pid
+def _client_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[int, ...],
+                run: Run) -> None:
+    pid, pids = proxy.pid, [proxy.pid, *others]
+    snap0 = machine.snapshot(pids)
     cpu0, t0 = tree_cpu_ticks(pid), time.monotonic()
     res = client_for(w)(port_for(w, proxy), w, n, timeout)
     run.seconds = time.monotonic() - t0
     if not proxy.alive():
         raise RunFailed("proxy exited during the run")
     run.cpu_ticks = tree_cpu_ticks(pid) - cpu0
+    run.extra.update(machine.disturbance(snap0, machine.snapshot(pids)))
     run.rss_kb = tree_rss_kb(pid)
     run.rps, run.p99_ms, run.requests = res.rps, res.p99_ms, res.requests
     run.cpu_us_per_req = ticks_to_us(run.cpu_ticks, CLK_TCK) / res.requests
 
 
-def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, run: Run) -> None:
+def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[int, ...],
+              run: Run) -> None:
     """Fresh proxy, RSS, open N idle connections, RSS, GET load with them held, RSS."""
     idle = IDLE_CONNS
     proxy.stop()          # a fresh process: free lists of a previous run would hide the cost
@@ -223,7 +230,7 @@ def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, run: Run) -> No
         _wait_accepted(proxy, sockets0 + idle, 20.0)
         time.sleep(0.5)
         held = tree_rss_kb(proxy.pid)
-        _client_run(w, proxy, n, timeout, run)
+        _client_run(w, proxy, n, timeout, others, run)
         run.extra.update(idle_conns=idle, rss_before_kb=before, rss_idle_kb=held,
                          rss_after_kb=run.rss_kb, kb_per_idle_conn=(held - before) / idle)
     finally:

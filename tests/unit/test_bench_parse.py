@@ -13,6 +13,7 @@ from bench.parse import (
     ParseError,
     parse_memcslap,
     parse_proc_stat,
+    parse_proc_stat_cpu,
     parse_redis_benchmark_csv,
     parse_vmrss_kb,
     ticks_to_us,
@@ -187,6 +188,26 @@ def test_vmrss() -> None:
         parse_vmrss_kb("Name:\tnutcracker\nState:\tZ (zombie)\n")
 
 
+# the first lines of /proc/stat on the 2-core benchmark machine
+PROC_STAT = """\
+cpu  58855 0 22544 113021 381 0 6150 83 0 0
+cpu0 24111 0 10983 62107 55 0 3132 43 0 0
+cpu1 34743 0 11561 50913 326 0 3017 40 0 0
+intr 1577363 0 9 0 0 0 0 0 0 0 0 0 0 0
+"""
+
+
+def test_proc_stat_cpu_line() -> None:
+    c = parse_proc_stat_cpu(PROC_STAT)
+    assert (c.user, c.nice, c.system, c.idle, c.softirq, c.steal) == (58855, 0, 22544, 113021,
+                                                                      6150, 83)
+    assert c.task == 58855 + 22544
+    with open("/proc/stat") as f:
+        assert parse_proc_stat_cpu(f.read()).idle > 0
+    with pytest.raises(ParseError):
+        parse_proc_stat_cpu("cpu0 1 2 3 4 5 6 7 8\n")
+
+
 def test_ticks_to_us() -> None:
     assert ticks_to_us(323, 100) == pytest.approx(3_230_000)
     assert ticks_to_us(1, 1000) == pytest.approx(1000)
@@ -211,7 +232,8 @@ def test_report_medians_ratios_and_failures() -> None:
     assert summary[w.name]["keyshard"].rps == 100
     md = markdown(summary, [w], ["nutcracker", "keyshard"], {"reps": 3, "cores": 2})
     row = next(line for line in md.splitlines() if line.startswith(f"| {w.title} |"))
-    assert "| 0.50× |" in row and "| 2.50× |" in row     # rps 100/200, CPU 50/20
+    # ratio of the medians (rps 100/200, CPU 50/20), then the range of per-repetition ratios
+    assert "| 0.50× (0.50–0.75) |" in row and "| 2.50× (3.00–4.00) |" in row
     assert "100 †" in row
     assert "proxy died (exit 1)" in md
 

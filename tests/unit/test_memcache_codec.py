@@ -196,13 +196,16 @@ def test_after_an_error_nothing_more_is_parsed() -> None:
     assert parser.feed(b"get d\r\n") == []
 
 
-@pytest.mark.parametrize(("prefix", "rejected"), [
+PREFIXES = [
     (b"G", True), (b"get\t", True), (b"ge", False), (b"get ", False), (b"get k", False),
     (b"gat ", True), (b"quit x", True), (b"set k x", True), (b"set k 0 0 1 x", True),
     (b"set k 0 0 1 nox", False), (b"set k 0 0 1 noreply x", True), (b"incr k x", True),
     (b"incr k -", False), (b"delete k 0", True), (b"get " + K251, False),
     (b"get " + K251 + b" ", True), (b"set k 0 0 1\r\nab", True), (b"set k 0 0 1\r\na", False),
-])
+]
+
+
+@pytest.mark.parametrize(("prefix", "rejected"), PREFIXES)
 def test_errors_are_found_before_the_line_ends(prefix: bytes, rejected: bool) -> None:
     """Nutcracker rejects a bad byte at once; a too-long key only once it ends."""
     for step in (0, 1):

@@ -119,6 +119,7 @@ def run(factory: Callable[[], Any], pieces: list[bytes], frame: Callable[[Any], 
     out: list[Any] = []
     for piece in pieces:
         out += [frame(x) for x in parser.feed(piece)]
+    assert not (parser.error or "").startswith("internal"), parser.error
     return out, parser.error is not None
 
 

@@ -1,7 +1,9 @@
-"""The memcached ASCII codec: request framer, reply framer (in `memcache_reply`), split/merge.
+"""The memcached ASCII codec: request framer, reply framer, and the codec object.
 
-This module owns what nutcracker 0.5.0 accepts from a memcache client and how a request is
-handed to the net layer. The grammar below was checked byte by byte against the real binary.
+This module owns what nutcracker 0.5.0 accepts from a memcache client and from a memcached
+server, and how both are handed to the net layer; `memcache_merge` owns VALUE blocks and the
+split/merge of multi-key gets. The grammar below was checked byte by byte against the real
+binary (tests/compat/test_memcache_reject.py keeps checking it).
 
 Rule 1: tokens are separated by one or more spaces (never tabs); a line ends at the first CR,
         which must be followed by LF. Spaces before the verb and before the CR are allowed.
@@ -22,9 +24,12 @@ Rule 3: a request is forwarded as the exact bytes received, leading spaces inclu
 Rule 4: errors are found as early as nutcracker finds them: a line is checked while it is
         still incomplete (a bad verb byte closes at once, a long key only at its end). After
         an error or a quit nothing more is parsed; `feed` never raises.
-Rule 5: hot path: one `find` for the CR, one `split` of the line, one slice for `raw`; a
-        request cut by a read is kept as a tail and joined once; a long value (or a line over
-        64 KB) is kept as a list of chunks and joined once, when enough bytes have arrived.
+Rule 5: hot path: `get k`, `get k1 k2 ...` and `set k 0 0 5` in their usual spelling take
+        one anchored regex match and one slice for `raw`; every other line takes the general
+        path (split on spaces, checked field by field). A request cut by a read is kept as a
+        tail and joined once; a long value (or a line over 64 KB) is kept as a list of chunks
+        and joined once, when enough bytes have arrived.
+Rule 6: replies (`MemcacheReplyParser`) are framed as nutcracker frames them; see its rules.
 """
 
 from __future__ import annotations
@@ -217,46 +222,35 @@ class MemcacheRequestParser(Framer[Request]):
     def _parse(self, data: bytes) -> list[Request]:
         out: list[Request] = []
         append = out.append
-        get1 = _GET1.match
-        getn = _GETN.match
-        store1 = _STORE1.match
+        get1, getn, store1 = _GET1.match, _GETN.match, _STORE1.match
         n = len(data)
         pos = 0
         while pos < n:
             m = get1(data, pos)
             if m is not None:  # hot path: `get <key>\r\n`
                 end = m.end()
-                cmd, key = m.group(1, 2)
-                append(Request(data[pos:end], KIND_FORWARD, cmd, key))
-                pos = end
-                continue
-            m = getn(data, pos)
-            if m is not None:  # hot path: `get <key> <key>...\r\n`
+                req = Request(data[pos:end], KIND_FORWARD, m.group(1), m.group(2))
+            elif (m := getn(data, pos)) is not None:  # hot path: `get <key> <key>...\r\n`
                 end = m.end()
-                cmd, keys = m.group(1, 2)
-                args = keys[1:].split(b" ")
-                append(Request(data[pos:end], KIND_SPLIT, cmd, args[0], args))
-                pos = end
-                continue
-            m = store1(data, pos)
-            if m is not None:  # hot path: `set <key> <flags> <exptime> <bytes>[ noreply]\r\n`
-                cmd, key, vlen, noreply = m.groups()
-                end = m.end() + (int(vlen) if len(vlen) < 10 else vlen_of(vlen)) + 2
-                if end > n or data[end - 2] != 13 or data[end - 1] != 10:
-                    end = self._data_end(data, pos, m.end(), vlen)
-                    if end < 0:
-                        break
-                append(Request(data[pos:end], KIND_FORWARD, cmd, key, None, noreply is not None))
-                pos = end
-                continue
-            req = self._general(data, pos, n)
-            if req is None:
-                break
+                keys = m.group(2)[1:].split(b" ")
+                req = Request(data[pos:end], KIND_SPLIT, m.group(1), keys[0], keys)
+            elif (m := store1(data, pos)) is not None:  # hot path: `set k 0 0 5[ noreply]\r\n`
+                end = self._data_end(data, pos, m.end(), m.group(3))
+                if end < 0:
+                    break
+                cmd, key, _, noreply = m.groups()
+                req = Request(data[pos:end], KIND_FORWARD, cmd, key, None, noreply is not None)
+            else:
+                general = self._general(data, pos, n)
+                if general is None:
+                    break
+                req = general
+                end = pos + len(req.raw)
+                if req.kind == KIND_QUIT:
+                    self._stop()  # nutcracker reads nothing after quit
+                    end = n
             append(req)
-            if req.kind == KIND_QUIT:
-                self._stop()  # nutcracker reads nothing after quit
-                break
-            pos = len(req.raw) + pos
+            pos = end
         return out
 
     def _general(self, data: bytes, pos: int, n: int) -> Request | None:
@@ -284,8 +278,10 @@ class MemcacheRequestParser(Framer[Request]):
 
     def _data_end(self, data: bytes, pos: int, end: int, vlen: bytes) -> int:
         """End of the data block that starts at `end`; -1 if it is cut or rejected."""
-        stop = end + vlen_of(vlen)  # the CR after the data
+        stop = end + (int(vlen) if len(vlen) < 10 else vlen_of(vlen))  # the CR after the data
         n = len(data)
+        if stop + 1 < n and data[stop] == 13 and data[stop + 1] == 10:
+            return stop + 2
         if stop < n and data[stop] != 13 or stop + 1 < n and data[stop + 1] != 10:
             self._fail("bad data chunk")
             return -1

@@ -28,8 +28,9 @@ U32 = 0xFFFFFFFF
 BAD = -1  # rejected
 # any other negative result of `block_end` is a cut: -2 - (index needed, 0 if unknown)
 
-# From the byte after "VALUE" (a space or a CR, which then starts the key).
+# A VALUE header from the byte after "VALUE" (a space, or a CR that then starts the key) ...
 _HEADER = re.compile(rb" *[^ ]+ +[0-9]+ +([0-9]+)(?=[ \r])[^\r]*\r\n")
+# ... and from "VALUE" itself, in the usual spelling (the framer's hot path)
 BLOCK = re.compile(rb"VALUE +[^ ]+ +[0-9]+ +([0-9]+)(?=[ \r])[^\r]*\r\n")
 _SPACES = re.compile(rb" *")
 _DIGITS = re.compile(rb"[0-9]*")
@@ -51,11 +52,9 @@ def span_end(rx: re.Pattern[bytes], data: bytes, p: int) -> int:
 
 def block_end(data: bytes, p: int, n: int) -> int:
     """End of the VALUE block whose "VALUE" starts at `p`; BAD; or a cut (see BAD)."""
-    m = BLOCK.match(data, p)  # the usual spelling, else the exact walk from "VALUE"'s end
+    m = _HEADER.match(data, p + 5)
     if m is None:
-        m = _HEADER.match(data, p + 5)
-        if m is None:
-            return _header_verdict(data, p + 5, n)
+        return _header_verdict(data, p + 5, n)
     stop = m.end() + vlen_of(m.group(1))  # the CR after the data
     if stop < n and data[stop] != 13 or stop + 1 < n and data[stop + 1] != 10:
         return BAD

@@ -233,20 +233,22 @@ class RedisRequestParser:
         if buf[start] != 42:  # '*'
             raise ProtocolError("not an array (inline command?)")
         narg, p = _number(buf, start, n, False)
+        if p >= 0 and narg == 0:
+            raise ProtocolError("bad narg")
         if p < 0 or p >= n:
             self._wait(buf, start, n, n - start + 1)
             return None
-        if narg == 0:
-            raise ProtocolError("bad narg")
         if buf[p] != 36:  # '$'
             raise ProtocolError("not a bulk string")
         size, q = _number(buf, p, n, False)
         if q >= 0 and (size == 0 or size > MAX_NAME_LEN):
             raise ProtocolError("unsupported command")
-        if q < 0 or q + size + 2 > n:
-            self._wait(buf, start, n, n - start + 1 if q < 0 else q + size + 2 - start)
-            return None
         e = q + size
+        if q < 0 or e + 2 > n:
+            if 0 <= q and e < n and buf[e] != 13:
+                raise ProtocolError("missing CRLF")
+            self._wait(buf, start, n, n - start + 1 if q < 0 else max(e + 1, n + 1) - start)
+            return None
         if buf[e] != 13 or buf[e + 1] != 10:
             raise ProtocolError("missing CRLF")
         name = buf[q:e]
@@ -285,7 +287,11 @@ class RedisRequestParser:
                 raise ProtocolError(f"key too long for {spec.name.decode()}")
             e = q + size
             if e + 2 > n:
-                return self._save(buf, start, h, n, e + 2 - h, spec, narg, idx, key, args, parts)
+                if e < n and buf[e] != 13:
+                    raise ProtocolError("missing CRLF")
+                # wait up to the CR (it is checked as soon as it is there), then the LF
+                need = max(e + 1, n + 1) - h
+                return self._save(buf, start, h, n, need, spec, narg, idx, key, args, parts)
             if buf[e] != 13 or buf[e + 1] != 10:
                 raise ProtocolError("missing CRLF")
             if idx == keyidx:
@@ -348,18 +354,20 @@ def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
             return q, size
         e = q + size
         if e + 2 > n:
-            return -1, e + 2 - p
+            if e < n and buf[e] != 13:
+                raise ProtocolError("bulk without CRLF")
+            return -1, max(e + 1, n + 1) - p
         if buf[e] != 13 or buf[e + 1] != 10:
             raise ProtocolError("bulk without CRLF")
         return e + 2, 0
     if c == 43 or c == 45 or c == 58:  # '+' / '-' / ':'
         i = buf.find(b"\r", p + 1)
+        if c == 58 and not _integer_ok(buf[p + 1:i if i >= 0 else n]):
+            raise ProtocolError("bad integer")
         if i < 0 or i + 1 >= n:
             return -1, n - p + 1
         if buf[i + 1] != 10:
             raise ProtocolError("CR without LF")
-        if c == 58 and not _integer_ok(buf[p + 1:i]):
-            raise ProtocolError("bad integer")
         return i + 2, 0
     raise ProtocolError(f"bad reply type {bytes([c])!r}")
 

@@ -1,23 +1,28 @@
 """The running proxy: pool runtimes, listeners and the stats server on one event loop.
 
 Rule 1: uvloop is used when importable, plain asyncio otherwise.
-Rule 2: SIGINT and SIGTERM stop gracefully: stop accepting, give in-flight requests up to
-        `STOP_GRACE` seconds, close everything, remove the pid file, exit 0.
+Rule 2: SIGINT and SIGTERM stop gracefully: stop accepting (listeners closed), stop reading
+        from clients, give the requests already read up to `STOP_GRACE` seconds to be
+        answered, close every connection once its replies are written (or at the deadline),
+        remove the pid file, exit 0. A second SIGINT/SIGTERM skips what is left of the grace.
+        (nutcracker exits 1 on SIGINT and dies on SIGTERM without cleanup.)
 Rule 3: SIGHUP reopens the log file (logrotate), SIGTTIN/SIGTTOU raise/lower the log level,
         SIGUSR1/SIGUSR2 are only logged, SIGPIPE is ignored: nutcracker's signal table.
 Rule 4: start-up failures (a port in use) are one clear line and exit code 1.
 Rule 5: the stats server writes the whole document on every connection and closes, as
-        nutcracker's does; it is rendered on demand, so it is always fresh.
+        nutcracker's does; it is rendered on demand, so it is always fresh (`-i` only exists
+        for compatibility: there is no aggregation interval).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from keyshard import __version__
@@ -66,6 +71,7 @@ class Proxy:
         self.runtimes = [PoolRuntime(conf, loop, self.flusher, mbuf) for conf in pools]
         self.listeners: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second stop signal: no more grace
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -114,20 +120,40 @@ class Proxy:
         await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Rule 2: no new connections or requests; answer what was read; close."""
         for server in self.listeners:
             server.close()
         deadline = self.loop.time() + STOP_GRACE
-        while self.loop.time() < deadline and any(
-            c.queue for r in self.runtimes for c in r.clients
-        ):
-            await asyncio.sleep(0.01)
         for runtime in self.runtimes:
             for client in list(runtime.clients):
-                client.close()
+                client.pause_reading()
+                client.close_after_replies()  # closes now if nothing is pending
+        await self._wait(deadline, self._clients_open)
+        for runtime in self.runtimes:
+            for client in list(runtime.clients):
+                if client.transport is not None:
+                    client.transport.abort()  # the grace is over: drop what is unanswered
             runtime.close()
+        await self._wait(self.loop.time() + 0.5, self._servers_open)
+
+    def _clients_open(self) -> bool:
+        return any(r.clients for r in self.runtimes)
+
+    def _servers_open(self) -> bool:
+        return any(s.conns for r in self.runtimes for s in r.slots)
+
+    async def _wait(self, deadline: float, busy: Callable[[], bool]) -> None:
+        """Poll `busy()` until it is false, the deadline passes or a second signal came."""
+        while busy() and self.loop.time() < deadline and not self.hurry.is_set():
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0)
 
     def stop(self, signum: int) -> None:
+        if self.stopping.is_set():
+            klog.logger().log(klog.ALWAYS, "signal %d (%s) received again, exiting now",
+                              signum, signal.Signals(signum).name)
+            self.hurry.set()
+            return
         klog.logger().log(klog.ALWAYS, "signal %d (%s) received, exiting", signum,
                           signal.Signals(signum).name)
         self.stopping.set()
@@ -142,10 +168,10 @@ def on_signal(signum: int) -> None:
         klog.reopen()
     elif signum == signal.SIGTTIN:
         logger.log(klog.ALWAYS, "signal %d (%s) received, up logging level", signum, name)
-        logger.log(klog.ALWAYS, "up log level to %d", klog.level_up())
+        klog.level_up()  # logs "up log level to N" itself, as nutcracker's log_level_up
     elif signum == signal.SIGTTOU:
         logger.log(klog.ALWAYS, "signal %d (%s) received, down logging level", signum, name)
-        logger.log(klog.ALWAYS, "down log level to %d", klog.level_down())
+        klog.level_down()
     else:
         logger.log(klog.ALWAYS, "signal %d (%s) received", signum, name)
 
@@ -158,13 +184,24 @@ def install_signals(loop: asyncio.AbstractEventLoop, proxy: Proxy) -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
+def _remove_pid_file(path: str | None) -> None:
+    if not path:
+        return
+    from keyshard import daemon
+
+    try:
+        daemon.remove_pid_file(path, os.getpid())
+    except OSError as err:
+        klog.logger().error("removing pid file '%s' failed: %s", path, err.strerror or err)
+
+
 def run(options: Any, pools: list[PoolConf]) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     proxy = Proxy(options, pools, loop)
     install_signals(loop, proxy)
     logger = klog.logger()
-    logger.log(klog.ALWAYS, "keyshard-%s started", __version__)
+    logger.log(klog.ALWAYS, "keyshard-%s started on pid %d", __version__, os.getpid())
     try:
         loop.run_until_complete(proxy.serve())
     except ListenError as err:
@@ -173,10 +210,6 @@ def run(options: Any, pools: list[PoolConf]) -> int:
         return 1
     finally:
         loop.close()
-        pid_file = getattr(options, "pid_file", None)
-        if pid_file:
-            from keyshard import daemon
-
-            daemon.remove_pid_file(pid_file)
+        _remove_pid_file(getattr(options, "pid_file", None))
     logger.log(klog.ALWAYS, "done, keyshard done")
     return 0

@@ -6,7 +6,8 @@ Rule 1: daemonize() behaves as nutcracker's: fork (the parent exits 0), setsid, 
         event loop or thread exists.
 Rule 2: the pid file holds the decimal pid without a newline, mode 0644. It is written to a
         temporary file in the same directory and renamed over the target, so a reader never
-        sees a partial pid. Removing it at exit is the caller's job (remove_pid_file).
+        sees a partial pid. Removing it at exit is the caller's job (remove_pid_file), which
+        leaves alone a file that another process has since claimed.
 """
 
 from __future__ import annotations
@@ -56,9 +57,14 @@ def write_pid_file(path: str, pid: int | None = None) -> None:
         raise
 
 
-def remove_pid_file(path: str) -> None:
-    """Remove the pid file; a missing file is not an error."""
+def remove_pid_file(path: str, pid: int | None = None) -> None:
+    """Remove the pid file; a missing file is not an error. With `pid`, only a file that
+    still holds that pid is removed (a newer instance may have written its own)."""
     try:
+        if pid is not None:
+            with open(path, "rb") as fh:
+                if fh.read(32).strip() != str(pid).encode("ascii"):
+                    return
         os.unlink(path)
     except FileNotFoundError:
         pass

@@ -12,6 +12,8 @@ Rule 4: start-up failures (a port in use) are one clear line and exit code 1.
 Rule 5: the stats server writes the whole document on every connection and closes, as
         nutcracker's does; it is rendered on demand, so it is always fresh (`-i` only exists
         for compatibility: there is no aggregation interval).
+Rule 6: `--metrics-addr` adds a Prometheus endpoint (`keyshard.prometheus`) on the same loop
+        and turns on the per-command latency hook; without it the hook stays None.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from keyshard import log as klog
 from keyshard.net.listener import ListenError, listen
 from keyshard.net.runtime import PoolRuntime
 from keyshard.net.writer import Flusher
+from keyshard.prometheus import Latency, MetricsProtocol
+from keyshard.prometheus import render as render_metrics
 from keyshard.stats import render
 
 if TYPE_CHECKING:
@@ -72,6 +76,12 @@ class Proxy:
         self.listeners: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()  # a second stop signal: no more grace
+        self.latencies: list[tuple[str, Latency]] = []
+        if getattr(options, "metrics_addr", None) is not None:
+            for runtime in self.runtimes:
+                latency = Latency()
+                runtime.observe = latency.observe
+                self.latencies.append((runtime.conf.name, latency))
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -91,12 +101,16 @@ class Proxy:
     def stats_document(self) -> bytes:
         return render(self, "keyshard", __version__)
 
+    def metrics_document(self) -> bytes:
+        return render_metrics(self, self.latencies)
+
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         for runtime in self.runtimes:
             self.listeners.append(await listen(runtime))
         await self.start_stats()
+        await self.start_metrics()
         for runtime in self.runtimes:
             if runtime.conf.preconnect:
                 runtime.preconnect()
@@ -111,6 +125,20 @@ class Proxy:
                 lambda: StatsProtocol(self), addr, port, reuse_address=True)
         except OSError as err:
             raise ListenError(f"bind to stats server addr '{addr}:{port}' failed: "
+                              f"{err.strerror or err}") from None
+        self.listeners.append(server)
+
+    async def start_metrics(self) -> None:
+        addr = getattr(self.options, "metrics_addr", None)
+        if addr is None:
+            return
+        host, port = addr
+        try:
+            server = await self.loop.create_server(
+                lambda: MetricsProtocol(self.metrics_document, self.loop), host, port,
+                reuse_address=True)
+        except OSError as err:
+            raise ListenError(f"bind to metrics addr '{host}:{port}' failed: "
                               f"{err.strerror or err}") from None
         self.listeners.append(server)
 

@@ -1,8 +1,8 @@
 """How much of the machine something else took during a run: the benchmark's noise gauge.
 
 Rule 1: "ours" is the CPU of every process the benchmark runs (proxy, backends, the client,
-        the benchmark itself); "foreign" is the task CPU of the whole machine (/proc/stat)
-        minus ours. Both in clock ticks over the same wall interval.
+        the benchmark itself); "foreign" is the busy CPU of the whole machine (/proc/stat,
+        irq and softirq included) minus ours. Both in clock ticks over the same interval.
 Rule 2: this only flags disturbed runs; it never corrects a figure.
 
 Another engineer's test suite on the same 2 cores shows up here as foreign CPU, and steal
@@ -49,9 +49,9 @@ def snapshot(pids: list[int]) -> Snapshot:
 
 
 def disturbance(a: Snapshot, b: Snapshot) -> dict[str, float]:
-    """Foreign task CPU and steal during [a, b], in % of the whole machine (all cores)."""
+    """Foreign busy CPU and steal during [a, b], in % of the whole machine (all cores)."""
     capacity = max(b.at - a.at, 1e-6) * CLK_TCK * CORES
-    foreign = (b.machine.task - a.machine.task) - (b.ours - a.ours)
+    foreign = (b.machine.busy - a.machine.busy) - (b.ours - a.ours)
     return {"foreign_cpu_pct": round(max(0.0, foreign) * 100 / capacity, 1),
             "steal_pct": round((b.machine.steal - a.machine.steal) * 100 / capacity, 1),
-            "machine_busy_pct": round((b.machine.task - a.machine.task) * 100 / capacity, 1)}
+            "machine_busy_pct": round((b.machine.busy - a.machine.busy) * 100 / capacity, 1)}

@@ -165,9 +165,11 @@ class CpuTimes:
     steal: int
 
     @property
-    def task(self) -> int:
-        """Time charged to tasks (what per-process utime+stime add up to)."""
-        return self.user + self.nice + self.system
+    def busy(self) -> int:
+        """Everything but idle, iowait and steal. irq and softirq are in: /proc/stat splits
+        them out, but a process's stime includes the softirq work (loopback TCP) done in
+        its context, so per-process utime+stime only add up against this sum."""
+        return self.user + self.nice + self.system + self.irq + self.softirq
 
 
 def parse_proc_stat_cpu(text: str) -> CpuTimes:

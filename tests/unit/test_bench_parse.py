@@ -201,7 +201,7 @@ def test_proc_stat_cpu_line() -> None:
     c = parse_proc_stat_cpu(PROC_STAT)
     assert (c.user, c.nice, c.system, c.idle, c.softirq, c.steal) == (58855, 0, 22544, 113021,
                                                                       6150, 83)
-    assert c.task == 58855 + 22544
+    assert c.busy == 58855 + 22544 + 6150
     with open("/proc/stat") as f:
         assert parse_proc_stat_cpu(f.read()).idle > 0
     with pytest.raises(ParseError):

@@ -220,6 +220,7 @@ class MemcacheRequestParser(Framer[Request]):
     __slots__ = ()
 
     def _parse(self, data: bytes) -> list[Request]:
+        # The hot loop: the fast paths are inlined on purpose (a call per request costs ~10%).
         out: list[Request] = []
         append = out.append
         get1, getn, store1 = _GET1.match, _GETN.match, _STORE1.match
@@ -227,30 +228,37 @@ class MemcacheRequestParser(Framer[Request]):
         pos = 0
         while pos < n:
             m = get1(data, pos)
-            if m is not None:  # hot path: `get <key>\r\n`
+            if m is not None:  # `get <key>\r\n`
                 end = m.end()
-                req = Request(data[pos:end], KIND_FORWARD, m.group(1), m.group(2))
-            elif (m := getn(data, pos)) is not None:  # hot path: `get <key> <key>...\r\n`
+                append(Request(data[pos:end], KIND_FORWARD, m.group(1), m.group(2)))
+                pos = end
+                continue
+            m = getn(data, pos)
+            if m is not None:  # `get <key> <key>...\r\n`
                 end = m.end()
                 keys = m.group(2)[1:].split(b" ")
-                req = Request(data[pos:end], KIND_SPLIT, m.group(1), keys[0], keys)
-            elif (m := store1(data, pos)) is not None:  # hot path: `set k 0 0 5[ noreply]\r\n`
-                end = self._data_end(data, pos, m.end(), m.group(3))
-                if end < 0:
-                    break
-                cmd, key, _, noreply = m.groups()
-                req = Request(data[pos:end], KIND_FORWARD, cmd, key, None, noreply is not None)
-            else:
-                general = self._general(data, pos, n)
-                if general is None:
-                    break
-                req = general
-                end = pos + len(req.raw)
-                if req.kind == KIND_QUIT:
-                    self._stop()  # nutcracker reads nothing after quit
-                    end = n
+                append(Request(data[pos:end], KIND_SPLIT, m.group(1), keys[0], keys))
+                pos = end
+                continue
+            m = store1(data, pos)
+            if m is not None:  # `set <key> <flags> <exptime> <bytes>[ noreply]\r\n<data>\r\n`
+                cmd, key, vlen, noreply = m.groups()
+                end = m.end() + (int(vlen) if len(vlen) < 10 else vlen_of(vlen)) + 2
+                if end > n or data[end - 2] != 13 or data[end - 1] != 10:  # cut, or bad
+                    end = self._data_end(data, pos, m.end(), vlen)
+                    if end < 0:
+                        break
+                append(Request(data[pos:end], KIND_FORWARD, cmd, key, None, noreply is not None))
+                pos = end
+                continue
+            req = self._general(data, pos, n)
+            if req is None:
+                break
             append(req)
-            pos = end
+            if req.kind == KIND_QUIT:
+                self._stop()  # nutcracker reads nothing after quit
+                break
+            pos += len(req.raw)
         return out
 
     def _general(self, data: bytes, pos: int, n: int) -> Request | None:
@@ -278,10 +286,8 @@ class MemcacheRequestParser(Framer[Request]):
 
     def _data_end(self, data: bytes, pos: int, end: int, vlen: bytes) -> int:
         """End of the data block that starts at `end`; -1 if it is cut or rejected."""
-        stop = end + (int(vlen) if len(vlen) < 10 else vlen_of(vlen))  # the CR after the data
+        stop = end + vlen_of(vlen)  # the CR after the data
         n = len(data)
-        if stop + 1 < n and data[stop] == 13 and data[stop + 1] == 10:
-            return stop + 2
         if stop < n and data[stop] != 13 or stop + 1 < n and data[stop + 1] != 10:
             self._fail("bad data chunk")
             return -1

@@ -242,7 +242,7 @@ class RedisRequestParser:
             raise ProtocolError("not a bulk string")
         size, q = _number(buf, p, n, False)
         if q >= 0 and (size == 0 or size > MAX_NAME_LEN):
-            raise ProtocolError("unsupported command")
+            raise ProtocolError("unsupported command (name length)")
         e = q + size
         if q < 0 or e + 2 > n:
             if 0 <= q and e < n and buf[e] != 13:

@@ -63,7 +63,7 @@ HAND_PICKED = [
 def _mutations(count: int, seed: int = 20210713) -> list[bytes]:
     rng = random.Random(seed)
     names = sorted(COMMANDS)
-    out = []
+    out: list[bytes] = []
     while len(out) < count:
         name = rng.choice(names)
         if name == b"quit":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench import report, workloads
+from bench import machine, report, workloads
 from bench.fleet import ROOT, Backends, Proxy, start_backends
 from bench.workloads import WORKLOADS, Run, Workload, measure
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True)
     labels = labels_for(a.kinds)
     meta = _meta(a, labels)
+    _check_quiet(meta)
     results: report.Results = {}
     backends: Backends | None = None
     proxies: list[Proxy] = []
@@ -185,6 +186,17 @@ def _prefill(b: Backends) -> None:
         subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "20",
                         "-P", "32", "-r", str(workloads.KEYSPACE), "-n", "300000", "-t", "set",
                         "-q"], capture_output=True, timeout=120, check=False)
+
+
+def _check_quiet(meta: dict[str, Any]) -> None:
+    """Two seconds of the machine before we start: others' CPU will be in our numbers."""
+    a = machine.snapshot([])
+    time.sleep(2.0)
+    d = machine.disturbance(a, machine.snapshot([]))
+    meta["foreign_before_pct"] = d["foreign_cpu_pct"]
+    if d["foreign_cpu_pct"] > report.DISTURBED_PCT:
+        print(f"warning: other processes are using {d['foreign_cpu_pct']:.0f}% of the machine; "
+              "requests/s will be noisy (CPU/request much less so)", file=sys.stderr, flush=True)
 
 
 def _raise_fd_limit() -> None:

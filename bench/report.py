@@ -225,8 +225,12 @@ def write_png(path: Path, summary: dict[str, dict[str, Cell]], workloads: list[W
     _bars(ax1, summary, ws, labels, "rps", 1e-3, "thousand requests/s (higher is better)")
     _bars(ax2, summary, ws, labels, "cpu_us_per_req", 1.0,
           "proxy CPU µs per request (lower is better)")
+    worst = max((c.foreign_max_pct or 0 for cells in summary.values() for c in cells.values()),
+                default=0)
     fig.suptitle(f"{' vs '.join(labels)} — medians of {meta.get('reps')} interleaved run(s), "
-                 f"whiskers min–max; {meta.get('cores')} cores shared", fontsize=11)
+                 f"whiskers min–max, labels {short(labels[-1])}/{short(labels[0])}; "
+                 f"{meta.get('cores')} cores shared; other processes took up to {worst:.0f}% "
+                 f"of the machine during a run", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -239,7 +243,7 @@ def _bars(ax: Any, summary: dict[str, dict[str, Cell]], ws: list[Workload], labe
           metric: str, scale: float, ylabel: str) -> None:
     lo_hi = {"rps": ("rps_min", "rps_max"), "cpu_us_per_req": ("cpu_min", "cpu_max")}[metric]
     width, named = 0.8 / len(labels), set()
-    top = max((getattr(summary[w.name][p], metric) or 0) * scale
+    top = max((getattr(summary[w.name][p], lo_hi[1]) or 0) * scale     # whiskers included
               for w in ws for p in labels if p in summary[w.name]) or 1.0
     for i, p in enumerate(labels):
         for x, w in enumerate(ws):

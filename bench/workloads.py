@@ -100,7 +100,10 @@ def _run_tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[st
 
 
 def _tail(text: str, n: int = 3) -> str:
-    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-n:])
+    """The last lines a tool printed, without CSV rows and redis-benchmark's CONFIG warning."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.startswith('"') and "Could not fetch server CONFIG" not in ln]
+    return " | ".join(lines[-n:])
 
 
 def redis_benchmark(port: int, w: Workload, n: int, timeout: float) -> ClientResult:

@@ -117,7 +117,8 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
              labels: list[str], meta: dict[str, Any]) -> str:
     base, others = labels[0], labels[1:]
     s = [short(p) for p in labels]
-    head = (["workload"] + [f"rps {x}" for x in s] + [f"rps {short(o)}/{short(base)}" for o in others]
+    head = (["workload"] + [f"rps {x}" for x in s]
+            + [f"rps {short(o)}/{short(base)}" for o in others]
             + [f"p99 ms {x}" for x in s] + [f"CPU µs/req {x}" for x in s]
             + [f"CPU {short(o)}/{short(base)}" for o in others] + [f"RSS MB {x}" for x in s])
     out = [_preamble(meta, labels), "", "| " + " | ".join(head) + " |",
@@ -174,7 +175,8 @@ def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],
         return []
     n = meta.get("idle_conns", 1000)
     out = ["", f"Idle connections ({n} held open, fresh proxy each run):", "",
-           "| proxy | RSS before MB | RSS with idle MB | RSS after GET load MB | KB per idle conn |",
+           "| proxy | RSS before MB | RSS with idle MB | RSS after GET load MB "
+           "| KB per idle conn |",
            "|---|---:|---:|---:|---:|"]
     for p in labels:
         c = cells.get(p)

@@ -69,8 +69,8 @@ Time to get               0 keys by    2 threads:     0.001 seconds.
 Time total:                                           0.001 seconds.
 Fatal error for key 'KEW05npZjCePloDgAFTmdODRkNYTOdNty6w2vsgqO7btQegLH9cnE': (0x7ffe502433c0) \
 CONNECTION FAILURE(Connection refused),  host: 127.0.0.1:1 -> ./src/libmemcached/io.cc:145
-Fatal error for key 'EISxtJ1GX1DxlhelH7Gi34HesQhKqQv3BhEkPPS0ptFFrGLIHMdQJ96PP2g': (0x55916f74e600) \
-CONNECTION FAILURE,  host: 127.0.0.1:1 -> ./src/libmemcached/get.cc:233
+Fatal error for key 'EISxtJ1GX1DxlhelH7Gi34HesQhKqQv3BhEkPPS0ptFFrGLIHMdQJ96PP2g': \
+(0x55916f74e600) CONNECTION FAILURE,  host: 127.0.0.1:1 -> ./src/libmemcached/get.cc:233
 """
 
 # /proc/<pid>/stat of nutcracker 0.5.0 after a few benchmark runs

@@ -20,7 +20,12 @@ Rule 5: a server is live when `next_retry <= now`. The continuum is rebuilt lazi
         first `route` after the earliest pending `next_retry` has passed (strictly after), and
         at every ejection; there is no health check. While no server is live, `route` returns
         -1 until then.
-Rule 6: the state is small (per server: failure count, next retry, ejected flag; per pool:
+Rule 6: `group` is where a key lies on the continuum as it stands, without the lazy rebuild
+        of Rule 5; while no server is live it is the last continuum that had one (nutcracker
+        keeps it). nutcracker groups the keys of a split request (MGET, get k1 k2) this way,
+        then routes each fragment by its first key with `route`: around a retry the two can
+        differ, and a fragment then goes whole to the server of its first key.
+Rule 7: the state is small (per server: failure count, next retry, ejected flag; per pool:
         the continuum and the next rebuild time), so a pool can be rebuilt from a new config
         and swapped in.
 
@@ -131,6 +136,7 @@ class ServerPool:
 
     __slots__ = (
         "_failure_limit",
+        "_group",
         "_hash",
         "_next_rebuild",
         "_retry_timeout",
@@ -163,6 +169,7 @@ class ServerPool:
         self.continuum: Continuum | None = None
         self._next_rebuild = math.inf  # earliest pending next_retry; inf = nothing pending
         self._router: Router = _refuse
+        self._group: Router = _refuse
         self._update(0.0)
 
     # -- the hot path -----------------------------------------------------------------------
@@ -172,6 +179,10 @@ class ServerPool:
         if now > self._next_rebuild:
             self._update(now)
         return self._router(key)
+
+    def group(self, key: bytes) -> int:
+        """The server of `key` on the current continuum, never rebuilding it (Rule 6)."""
+        return self._group(key)
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -213,7 +224,7 @@ class ServerPool:
         self.continuum = build_continuum(
             self.conf.distribution, [(s.name, s.conf.weight) for s in self.servers], live,
             self._rng)
-        self._router = self._make_router(self.continuum)
+        self._router = self._group = self._make_router(self.continuum)
 
     def _live(self, now: float) -> list[bool]:
         """Live flags at `now`; clears passed retries and sets `ejected` and next_rebuild."""

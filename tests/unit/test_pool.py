@@ -315,3 +315,29 @@ def test_ejection_reaches_the_156_point_case() -> None:
     p = ServerPool(eject_conf(26, server_failure_limit=1))
     assert p.failure(25, 1.0)
     assert placement(p, 2.0) == expected(p, [True] * 25 + [False])
+
+
+# -- group: the continuum as it stands, for split requests (Rule 6) --------------------------------
+
+def test_group_is_route_without_the_lazy_rebuild() -> None:
+    p = ServerPool(eject_conf(3))
+    assert [p.group(k) for k in KEYS] == placement(p)
+    p.failure(1, 10.0)
+    assert p.failure(1, 10.0)
+    ejected = [p.group(k) for k in KEYS]
+    assert 1 not in ejected and ejected == placement(p, 11.0)
+    # the retry time passed, nobody routed yet: group still sees the old continuum
+    assert [p.group(k) for k in KEYS] == ejected
+    assert p.route(KEYS[0], 41.0) >= 0  # the first route rebuilds ...
+    assert [p.group(k) for k in KEYS] == placement(p, 41.0)  # ... and group follows
+    assert 1 in placement(p, 41.0)
+
+
+def test_group_keeps_the_last_live_continuum_when_none_is_live() -> None:
+    p = ServerPool(eject_conf(2, server_failure_limit=1))
+    assert p.failure(0, 1.0)
+    only_1 = [p.group(k) for k in KEYS]
+    assert set(only_1) == {1}
+    assert p.failure(1, 2.0)
+    assert set(placement(p, 3.0)) == {-1}
+    assert [p.group(k) for k in KEYS] == only_1

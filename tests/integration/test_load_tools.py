@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -42,7 +41,6 @@ def test_redis_benchmark_runs_clean(redis_rig: Rig, pipeline: int) -> None:
     assert b'"forward_error":0' in stats(redis_rig)
 
 
-@pytest.mark.skipif(shutil.which("memcslap") is None, reason="libmemcached-tools not installed")
 @pytest.mark.parametrize("test", ["set", "get"])
 def test_memcslap_runs_clean(test: str) -> None:
     with Rig("keyshard", nbackends=2, redis=False, extra=["-i", "100"]) as rig:

@@ -675,6 +675,7 @@ def test_error_reply() -> None:
     (b"-LOADING Redis is loading\r\n", True), (b"-LOADING\r\n", True),
     (b"-BUSYKEY Target key name already exists.\r\n", False), (b"-oom x\r\n", False),
     (b"-OOMING x\r\n", False), (b"-LOADINGX\r\n", False), (b"-ERR x\r\n", False),
+    (b"-OOM\tx\r\n", False), (b"-OOM x y\r\n", True),
     (b"*1\r\n-OOM x\r\n", False), (b"+OOM\r\n", False), (b"$4\r\n-OOM\r\n", False),
 ])
 def test_is_failure_reply(reply: bytes, failure: bool) -> None:

@@ -654,13 +654,14 @@ def test_auth_reply() -> None:
     assert auth_reply(empty, b"secret") == (b"-ERR invalid password\r\n", False)
 
 
-def test_server_handshake_select_before_auth() -> None:
+def test_server_handshake_auth_before_select() -> None:
     assert server_handshake(None, 0) == []
     assert server_handshake(b"", 0) == []
     assert server_handshake(b"secret", 0) == [b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n"]
     assert server_handshake(None, 3) == [b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n"]
-    assert server_handshake(b"pw", 12) == [b"*2\r\n$6\r\nSELECT\r\n$2\r\n12\r\n",
-                                           b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"]
+    # AUTH first, so that SELECT works on a redis with requirepass (nutcracker: the reverse)
+    assert server_handshake(b"pw", 12) == [b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n",
+                                           b"*2\r\n$6\r\nSELECT\r\n$2\r\n12\r\n"]
 
 
 def test_error_reply() -> None:

@@ -180,18 +180,18 @@ def auth_reply(req: Request, password: bytes | None) -> tuple[bytes, bool]:
 
 
 def server_handshake(password: bytes | None, db: int) -> list[bytes]:
-    """The requests nutcracker writes first on each new server connection, in wire order.
+    """The requests keyshard writes first on each new server connection, in wire order.
 
-    `SELECT <db>` (only for db > 0) comes *before* `AUTH <password>` (only with a password):
-    nutcracker sends SELECT when the connection is established and AUTH ahead of the first
-    request. So against a redis with `requirepass`, SELECT fails with NOAUTH (nutcracker logs
-    "SELECT 3 failed on ...") and the keys land in db 0 [observed]. Both replies are
-    swallowed by the net layer.
+    `AUTH <password>` (only with a password) comes before `SELECT <db>` (only for db > 0), so
+    that SELECT works against a redis with `requirepass`. nutcracker 0.5.0 sends them the other
+    way round (SELECT when the connection is established, AUTH ahead of the first request): its
+    SELECT then fails with NOAUTH and the keys land in db 0 [observed]. keyshard fixes that
+    (README, differences). Both replies are swallowed by the net layer.
     """
     out: list[bytes] = []
+    if password:
+        out.append(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password))
     if db > 0:
         digits = b"%d" % db
         out.append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(digits), digits))
-    if password:
-        out.append(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password))
     return out

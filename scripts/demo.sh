@@ -8,7 +8,8 @@ pids=()
 cleanup() {
     trap - INT TERM EXIT
     echo; echo "demo: stopping"
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # keyshard first (it was started last), then the backends
+    for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$run"
 }

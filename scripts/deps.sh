@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="redis-server redis-tools memcached nutcracker libmemcached-tools"
+APT_PKGS="redis-server redis-tools memcached nutcracker libmemcached-tools netcat-openbsd"
 missing=""
-for cmd in redis-server redis-cli redis-benchmark memcached nutcracker memcslap; do
+for cmd in redis-server redis-cli redis-benchmark memcached nutcracker memcslap nc; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing $cmd"
 done
 if [ -n "$missing" ]; then

@@ -3,7 +3,9 @@
 Rule 1: every request that expects a reply is appended to `queue` when it is parsed; replies
         are written from the head of `queue` only, so they leave in request order.
 Rule 2: after QUIT or a protocol error nothing more is parsed; the connection closes once the
-        earlier requests are answered (nutcracker's behaviour for bad input).
+        earlier requests are answered (nutcracker's behaviour for bad input). After the reply
+        marked `close_mark` (a failed MGET, see runtime Rule 5) it closes as soon as that
+        reply is written, with whatever replies are ready by the end of the loop iteration.
 Rule 3: a client that half-closes (EOF) still gets its pending replies, then is closed.
         A client that goes away drops the replies still in flight (`closed` is set; servers
         still pair and discard them).
@@ -54,6 +56,7 @@ class ClientConn(asyncio.Protocol, Writer):
         self.read_paused = False
         self.write_paused = False
         self.authenticated = runtime.conf.redis_auth is None
+        self.close_mark: Request | None = None  # close once this reply is written (runtime Rule 5)
 
     # -- asyncio callbacks ----------------------------------------------------------------------
 
@@ -96,8 +99,8 @@ class ClientConn(asyncio.Protocol, Writer):
         self.closed = True
         self.closing = True
         self.transport = None
+        self.runtime.client_closed(self)  # before the queue goes: its requests get swallowed
         self.queue.clear()
-        self.runtime.client_closed(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -148,10 +151,20 @@ class ClientConn(asyncio.Protocol, Writer):
             write(reply)
             if observe is not None:
                 observe(head.cmd, now - head.start)
-        if not queue and self.closing:
+        if self.close_mark is not None and self.close_mark not in queue:
+            self.close_in_error()
+        elif not queue and self.closing:
             self.close()
         elif self.read_paused:
             self.maybe_resume()
+
+    def close_in_error(self) -> None:
+        """The marked reply is written: close once this loop iteration's replies are flushed,
+        as nutcracker closes a client in error at its next write event."""
+        self.close_mark = None
+        if not self.eof:
+            self.runtime.stats.client_err += 1
+        self.runtime.loop.call_soon(self.close)
 
     def req_failed(self, req: Request, reply: bytes) -> None:
         req.reply = reply

@@ -5,10 +5,20 @@ Rule 1: the sans-IO `ServerPool` decides where a key goes and when a server is e
 Rule 2: each server has at most `server_connections` connections, opened lazily (or one at
         start with `preconnect`) and used round-robin, as nutcracker does.
 Rule 3: a request for a server that cannot be reached fails at once with nutcracker's error
-        reply; the proxy never retries (the client does).
-Rule 4: a split request (MGET, DEL, get k1 k2, ...) becomes one fragment per server; the
-        parent's reply is the codec's merge once every fragment is answered, or the first
-        fragment's error reply.
+        reply (`Connection refused` when no server is live, `Host is down` when the name does
+        not resolve); the proxy never retries (the client does).
+Rule 4: a split request (MGET, DEL, get k1 k2, ...) becomes one fragment per server, as
+        nutcracker builds them: keys grouped on the continuum as it stands (`pool.group`),
+        then each fragment routed by its first key (`pool.route`, which may rebuild) and sent
+        in server order. The parent's reply is the codec's merge once every fragment is
+        answered; if a fragment failed, the error of the first failed fragment in that order
+        that has a reason (`unknown`, a server EOF, only when none has).
+Rule 5: a failed MGET (redis, a fragment's connection failed) or a failed multi-get
+        (memcache, any error) closes the client, as nutcracker does: the client gets the
+        replies that are ready when the error reply is written, including it, and then the
+        close. A client that already half-closed when the failure is known gets nothing more.
+Rule 6: `forward_error` counts the error replies made for a client still there (one per split
+        request); the requests of a client that went away are swallowed (`server.SWALLOW`).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from keyshard.net.server import ECONNREFUSED, EINVAL, ServerConn
+from keyshard.net.server import ECONNREFUSED, EINVAL, SWALLOW, UNKNOWN, ServerConn
 from keyshard.pool import ServerPool
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
 from keyshard.stats import PoolStats, ServerStats, counters
@@ -53,8 +63,10 @@ class ServerSlot:
         self.conns: list[ServerConn] = []
         self.next = 0
         self.total_conns = 0
+        self.error = ""  # why the last `open` failed at once
 
-    def conn(self) -> ServerConn:
+    def conn(self) -> ServerConn | None:
+        """A connection to send on, or None if a new one failed at once (`self.error`)."""
         conns = self.conns
         if len(conns) < self.runtime.conf.server_connections:
             return self.open()
@@ -63,13 +75,19 @@ class ServerSlot:
         self.next = (self.next + 1) % len(conns)
         return conns[self.next]
 
-    def open(self) -> ServerConn:
+    def open(self) -> ServerConn | None:
         conn = ServerConn(self.runtime, self)
-        self.conns.append(conn)
         self.total_conns += 1
-        task = self.runtime.loop.create_task(conn.connect())
-        self.runtime.tasks.add(task)
-        task.add_done_callback(self.runtime.tasks.discard)
+        error = conn.start()
+        if error is not None:  # nutcracker's server_connect failed: server_close, no request
+            conn.closed = True
+            self.error = error
+            self.stats.server_err += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info("connect to server %s failed: %s", self.conf.pname, error)
+            self.failed(error)
+            return None
+        self.conns.append(conn)
         return conn
 
     def conn_closed(self, conn: ServerConn) -> None:
@@ -105,49 +123,74 @@ class ServerSlot:
 
 
 class SplitOwner:
-    """Collects the fragment replies of one split request (Rule 4)."""
+    """Collects the fragment replies of one split request (Rules 4, 5)."""
 
-    __slots__ = ("runtime", "parent", "replies", "pending", "error")
+    __slots__ = ("runtime", "parent", "replies", "pending", "errors", "order")
 
     def __init__(self, runtime: PoolRuntime, parent: Request, nfrags: int) -> None:
         self.runtime = runtime
         self.parent = parent
         self.replies: list[bytes | None] = [None] * nfrags
         self.pending = nfrags
-        self.error: bytes | None = None
+        self.errors: list[bytes | None] | None = None  # error reply per fragment, once one failed
+        self.order: list[int] = []  # fragment positions in the order they were sent
 
     def req_done(self, frag: Request) -> None:
+        if self.parent.owner.closed:
+            SWALLOW.req_done(frag)  # the client went away: nobody reads it (Rule 6)
+            return
         self.replies[frag.ctx] = frag.reply
         self.pending -= 1
         if self.pending == 0:
             self.finish()
 
     def req_failed(self, frag: Request, reply: bytes) -> None:
-        if self.error is None:
-            self.error = reply
-        self.replies[frag.ctx] = reply
+        if self.errors is None:
+            self.errors = [None] * len(self.replies)
+        self.errors[frag.ctx] = reply
         self.pending -= 1
         if self.pending == 0:
             self.finish()
 
+    def first_error(self, errors: list[bytes | None]) -> bytes:
+        """The error of the first failed fragment (in send order) with a reason (Rule 4)."""
+        unknown = self.runtime.unknown_error
+        for pos in self.order:
+            error = errors[pos]
+            if error is not None and error != unknown:
+                return error
+        return unknown
+
     def finish(self) -> None:
         runtime = self.runtime
         parent = self.parent
+        client = parent.owner
+        if client.closed:
+            return
         codec = runtime.codec
-        reply = self.error
-        failed = reply is not None
-        if reply is None:
+        close = False
+        if self.errors is not None:
+            reply = self.first_error(self.errors)
+            close = codec.close_on_split_error(parent)
+        else:
             try:
                 reply = codec.merge(parent, parent.ctx, self.replies)
             except MergeError:
-                failed = True
-                runtime.stats.forward_error += 1
                 reply = codec.error_reply(EINVAL)
-        client = parent.owner
+                close = runtime.close_on_merge_error(parent, self.replies)
+            else:
+                parent.reply = reply
+                client.req_done(parent)
+                return
+        if close:
+            queue = client.queue
+            if client.eof and queue and queue[0] is parent:
+                client.close()  # nutcracker reads the EOF first and closes: no reply (Rule 5)
+                return
+            if client.close_mark is None:
+                client.close_mark = parent
+        runtime.stats.forward_error += 1
         parent.reply = reply
-        if failed and codec.close_on_split_error(parent) and not client.closed:
-            runtime.stats.client_err += 1
-            client.close_after_replies()
         client.req_done(parent)
 
 
@@ -169,6 +212,12 @@ class PoolRuntime:
         self.total_clients = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused_servers: set[ServerConn] = set()
+        self.unknown_error = self.codec.error_reply(UNKNOWN)
+        merge_hook = getattr(self.codec, "close_on_merge_error", None)
+        if merge_hook is None:  # nutcracker closes after a multi-get that merged badly (memcache)
+            def merge_hook(req: Request, ctx: Any, replies: list[bytes | None]) -> bool:
+                return self.codec.name == "memcache"
+        self.merge_hook: Callable[[Request, Any, list[bytes | None]], bool] = merge_hook
         # observe(cmd, seconds) for every reply written; None costs one check per read/write
         self.observe: Callable[[bytes, float], None] | None = None
 
@@ -197,7 +246,15 @@ class PoolRuntime:
             client.pause_reading()
 
     def client_closed(self, client: ClientConn) -> None:
+        """The client went away: the replies still awaited for it will be swallowed (Rule 6)."""
         self.clients.discard(client)
+        for req in client.queue:
+            if req.reply is None and req.kind == KIND_FORWARD:
+                req.owner = SWALLOW
+
+    def close_on_merge_error(self, parent: Request, replies: list[bytes | None]) -> bool:
+        return self.codec.close_on_split_error(parent) and self.merge_hook(
+            parent, parent.ctx, replies)
 
     def dispatch(self, client: ClientConn, reqs: list[Request]) -> None:
         """Route every request of one read (the hot path)."""
@@ -216,13 +273,17 @@ class PoolRuntime:
                     queue.append(req)
                 idx = route(req.key, now)
                 if idx < 0:
-                    self.refuse(req)
+                    self.forward_failed(req, ECONNREFUSED)
                     continue
                 slot = slots[idx]
+                conn = slot.conn()
+                if conn is None:
+                    self.forward_failed(req, slot.error)
+                    continue
                 stats = slot.stats
                 stats.requests += 1
                 stats.request_bytes += len(req.raw)
-                slot.conn().send(req)
+                conn.send(req)
             elif kind == KIND_SPLIT and client.authenticated:
                 req.owner = client
                 queue.append(req)
@@ -235,29 +296,47 @@ class PoolRuntime:
         if queue and queue[0].reply is not None:
             client.req_done(queue[0])
 
-    def refuse(self, req: Request) -> None:
-        self.stats.forward_error += 1
+    def forward_failed(self, req: Request, reason: str) -> None:
+        """No connection for `req` (Rule 3); a noreply request is dropped silently."""
         if req.noreply:
             return
-        req.reply = self.codec.error_reply(ECONNREFUSED)
+        self.stats.forward_error += 1
+        req.reply = self.codec.error_reply(reason)
 
     def split(self, req: Request, now: float) -> None:
-        route = self.pool.route
-        frags, req.ctx = self.codec.split(req, lambda key: route(key, now))
+        pool = self.pool
+        group = pool.group
+        firsts: dict[int, bytes] = {}  # group -> its first key, which routes the fragment
+
+        def place(key: bytes) -> int:
+            idx = group(key)
+            if idx not in firsts:
+                firsts[idx] = key
+            return idx
+
+        frags, req.ctx = self.codec.split(req, place)
         owner = SplitOwner(self, req, len(frags))
         self.stats.fragments += len(frags)
-        for pos, (idx, raw) in enumerate(frags):
+        owner.order = order = sorted(range(len(frags)), key=lambda pos: frags[pos][0])
+        route = pool.route
+        slots = self.slots
+        for pos in order:
+            gidx, raw = frags[pos]
             frag = Request(raw, KIND_FORWARD, req.cmd, b"")
             frag.owner = owner
             frag.ctx = pos
+            idx = route(firsts[gidx], now)
             if idx < 0:
-                self.stats.forward_error += 1
                 owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
                 continue
-            slot = self.slots[idx]
+            slot = slots[idx]
+            conn = slot.conn()
+            if conn is None:
+                owner.req_failed(frag, self.codec.error_reply(slot.error))
+                continue
             slot.stats.requests += 1
             slot.stats.request_bytes += len(raw)
-            slot.conn().send(frag)
+            conn.send(frag)
 
     # -- flow control: a server that does not drain pauses every client of the pool ----------
 
@@ -279,5 +358,7 @@ class PoolRuntime:
             for conn in list(slot.conns):
                 if conn.transport is not None:
                     conn.transport.close()
+                elif conn.sock is not None:
+                    conn.fail(UNKNOWN, "server_err")
         for task in self.tasks:
             task.cancel()

@@ -4,12 +4,24 @@ Rule 1: `outq` holds every request written (or queued while connecting) that exp
         in send order; each complete reply is paired with the head of `outq`.
 Rule 2: the connection dies as a whole, as in nutcracker: connect error, timeout, EOF, reset,
         a reply nobody asked for, an unparsable reply or a failure-class reply (-LOADING...)
-        closes it, and every request in `outq` gets the proxy's error reply for the reason.
+        closes it, and every request in `outq` gets the proxy's error reply for the reason
+        (`Connection timed out`, `unknown` for an EOF, `Invalid argument` for a bad reply...).
+        Then the server's failure is counted (ejection). The proxy never retries.
 Rule 3: a request times out `timeout` ms after it was queued; one timer per connection watches
         the head of `outq` (all requests of a pool share the timeout, so the head is always the
         earliest deadline). noreply requests are not in `outq` and never time out.
 Rule 4: handshake requests (AUTH, SELECT) go first on every new connection; their replies are
-        swallowed.
+        swallowed, like those of a client that went away (`Swallow`): nutcracker counts
+        neither in `responses`, and neither proves the server healthy.
+Rule 5: connecting starts as nutcracker's `server_connect` does, at once and in the caller:
+        the host is resolved (on every new connection, so a DNS change is picked up) and
+        connect() is called. If either fails right there (a name that does not resolve:
+        `Host is down`; a unix socket nobody listens on) the connection never exists: `start`
+        returns the reason and the caller fails the one request. Otherwise the connect
+        completes in the loop and a failure then fails every request queued meanwhile.
+Rule 6: a reply proves the server healthy (`server_ok`: its failure count is reset) only if a
+        client was waiting for it, and the replies paired before a failure-class reply count
+        before that failure, as nutcracker handles them one at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from keyshard.net.client import ClientConn
 from keyshard.net.writer import Writer
 from keyshard.protocol.base import KIND_FORWARD, Request
 
@@ -37,19 +50,41 @@ ECONNREFUSED = os.strerror(errno.ECONNREFUSED)  # "Connection refused"
 UNKNOWN = "unknown"  # nutcracker's text for errno 0 (server EOF)
 
 
-class Swallow:
-    """Owner of handshake requests: their replies are dropped (errors only logged)."""
+def strerror(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else UNKNOWN
 
-    def __init__(self, where: str) -> None:
+
+class Swallow:
+    """Owner of requests whose reply nobody reads (Rule 4): handshake requests (errors are
+    logged) and, as `SWALLOW`, the requests of a client that went away."""
+
+    def __init__(self, where: str | None = None) -> None:
         self.where = where
 
     def req_done(self, req: Request) -> None:
+        conn: ServerConn = req.server
         reply = req.reply or b""
-        if reply[:1] == b"-" and log.isEnabledFor(logging.WARNING):
+        conn.swallowed += 1
+        # data_received counted this reply on the hot path; nutcracker does not count it
+        conn.stats.responses -= 1
+        conn.stats.response_bytes -= len(reply)
+        if self.where is not None and reply[:1] == b"-" and log.isEnabledFor(logging.WARNING):
             log.warning("%s failed on %s: %r", req.cmd.decode(), self.where, reply.strip())
 
     def req_failed(self, req: Request, reply: bytes) -> None:
         pass
+
+
+SWALLOW = Swallow()
+
+
+def resolve(host: str, port: int) -> tuple[int, Any]:
+    """(family, address) of the first getaddrinfo answer, as nutcracker's nc_resolve.
+
+    Blocking, like nutcracker's; a numeric address costs no lookup.
+    """
+    family, _, _, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    return family, addr
 
 
 class ServerConn(asyncio.Protocol, Writer):
@@ -65,29 +100,78 @@ class ServerConn(asyncio.Protocol, Writer):
         self.outq: deque[Request] = deque()
         self.connected = False
         self.closed = False
+        self.sock: socket.socket | None = None  # while connect() is in progress
         self.timer: asyncio.TimerHandle | None = None
         self.timeout = runtime.timeout
         self.stats = slot.stats
-        for raw in runtime.handshake:
-            req = Request(raw, KIND_FORWARD, raw.split(b"\r\n")[2].lower(), b"")
-            req.owner = Swallow(f"{runtime.conf.name} | {slot.conf.pname}")
-            self.send(req)
+        self.swallowed = 0  # swallowed replies in the current read (Rule 6)
 
-    # -- connecting -----------------------------------------------------------------------------
+    # -- connecting (Rule 5) --------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        loop = self.runtime.loop
+    def start(self) -> str | None:
+        """Resolve and call connect(); the reason if that failed at once, else None."""
         conf = self.slot.conf
         try:
             if conf.is_unix:
-                await loop.create_unix_connection(lambda: self, conf.host)
+                family, addr = socket.AF_UNIX, conf.host
             else:
-                await loop.create_connection(lambda: self, conf.host, conf.port)
-        except socket.gaierror:
-            self.fail(EHOSTDOWN, "server_err")
+                family, addr = resolve(conf.host, conf.port)
+        except (OSError, UnicodeError):
+            return EHOSTDOWN
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as err:
-            self.fail(os.strerror(err.errno) if err.errno else UNKNOWN, "server_err")
+            return strerror(err)
+        try:
+            sock.setblocking(False)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = sock.connect_ex(addr)
+        except OSError as err:
+            sock.close()
+            return strerror(err)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            return os.strerror(code)
+        self.sock = sock
+        if code == 0:  # a unix socket connects at once
+            self.adopt()
+        else:
+            self.runtime.loop.add_writer(sock.fileno(), self.connect_done)
+        for raw in self.runtime.handshake:
+            req = Request(raw, KIND_FORWARD, raw.split(b"\r\n")[2].lower(), b"")
+            req.owner = Swallow(f"{self.runtime.conf.name} | {conf.pname}")
+            self.send(req)
+        return None
+
+    def connect_done(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        self.runtime.loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self.fail(os.strerror(code), "server_err")
+        else:
+            self.adopt()
+
+    def adopt(self) -> None:
+        """Wrap the connected socket in a transport (it calls `connection_made`)."""
+        sock = self.sock
+        assert sock is not None
+        self.sock = None
+        runtime = self.runtime
+        task = runtime.loop.create_task(self.wrap(sock))
+        runtime.tasks.add(task)
+        task.add_done_callback(runtime.tasks.discard)
+
+    async def wrap(self, sock: socket.socket) -> None:
+        try:
+            await self.runtime.loop.connect_accepted_socket(lambda: self, sock)
+        except OSError as err:
+            sock.close()
+            self.fail(strerror(err), "server_err")
         except asyncio.CancelledError:
+            sock.close()
             self.fail(UNKNOWN, "server_err")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,12 +180,6 @@ class ServerConn(asyncio.Protocol, Writer):
             return
         self.transport = transport
         self.connected = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.flush()
 
     # -- requests -------------------------------------------------------------------------------
@@ -135,24 +213,29 @@ class ServerConn(asyncio.Protocol, Writer):
             outq = self.outq
             stats = self.stats
             is_failure = self.codec.is_failure_reply
+            before = len(outq)
+            self.swallowed = 0
             for reply in replies:
-                if not outq:
-                    self.fail(EINVAL, "server_err")  # a reply nobody asked for
-                    return
-                if is_failure(reply):
-                    self.fail(EINVAL, "server_err")
+                if not outq or is_failure(reply):  # a reply nobody asked for, or -LOADING...
+                    self.bad_reply(before - len(outq))
                     return
                 req = outq.popleft()
                 stats.responses += 1
                 stats.response_bytes += len(reply)
                 req.reply = reply
                 req.owner.req_done(req)
-            self.slot.ok()
+            if before - len(outq) > self.swallowed:
+                self.slot.ok()
             if self.timer is not None and not outq:
                 self.timer.cancel()
                 self.timer = None
         if self.parser.error is not None:
             self.fail(EINVAL, "server_err")
+
+    def bad_reply(self, paired: int) -> None:
+        if paired > self.swallowed:
+            self.slot.ok()  # the replies before this one came first (Rule 6)
+        self.fail(EINVAL, "server_err")
 
     def eof_received(self) -> bool:
         self.fail(UNKNOWN, "server_eof")
@@ -160,7 +243,7 @@ class ServerConn(asyncio.Protocol, Writer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
-            reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else UNKNOWN
+            reason = strerror(exc) if isinstance(exc, OSError) else UNKNOWN
             self.fail(reason, "server_err" if exc else "server_eof")
 
     def pause_writing(self) -> None:
@@ -180,20 +263,30 @@ class ServerConn(asyncio.Protocol, Writer):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        sock = self.sock
+        if sock is not None:  # connect() still in progress
+            self.sock = None
+            self.runtime.loop.remove_writer(sock.fileno())
+            sock.close()
         transport = self.transport
         self.transport = None
         self.wbuf = []
         if transport is not None:
             transport.abort()
+        self.connected = False
+        if self in self.runtime.paused_servers:  # a dead connection must not hold clients paused
+            self.runtime.server_resumed(self)
         self.slot.conn_closed(self)
         if log.isEnabledFor(logging.INFO):
-            log.info("close server %s: %s (%d pending)", self.slot.conf.pname, reason, len(self.outq))
+            log.info("close server %s: %s (%d pending)", self.slot.conf.pname, reason,
+                     len(self.outq))
         outq = self.outq
         self.outq = deque()
         error = self.codec.error_reply(reason)
-        runtime = self.runtime
+        stats = self.runtime.stats
         for req in outq:
-            if not isinstance(req.owner, Swallow):
-                runtime.stats.forward_error += 1
-            req.owner.req_failed(req, error)
+            owner = req.owner
+            if owner.__class__ is ClientConn and not owner.closed:
+                stats.forward_error += 1  # an error reply made for a client (nutcracker's count)
+            owner.req_failed(req, error)
         self.slot.failed(reason)

@@ -60,6 +60,7 @@ from .redis_merge import (
     NOAUTH,
     PONG,
     auth_reply,
+    close_on_merge_error,
     close_on_split_error,
     error_reply,
     is_failure_reply,
@@ -70,8 +71,8 @@ from .redis_merge import (
 
 __all__ = [
     "CODEC", "DEFAULT_MAX_KEY_LEN", "NOAUTH", "PONG", "RedisCodec", "RedisReplyParser",
-    "RedisRequestParser", "auth_reply", "close_on_split_error", "error_reply",
-    "is_failure_reply", "merge", "server_handshake", "split",
+    "RedisRequestParser", "auth_reply", "close_on_merge_error", "close_on_split_error",
+    "error_reply", "is_failure_reply", "merge", "server_handshake", "split",
 ]
 
 DEFAULT_MAX_KEY_LEN: Final = 16384 - 48  # nutcracker: mbuf_data_size() with the default -m
@@ -522,6 +523,7 @@ class RedisCodec:
     split = staticmethod(split)
     merge = staticmethod(merge)
     close_on_split_error = staticmethod(close_on_split_error)
+    close_on_merge_error = staticmethod(close_on_merge_error)
 
 
 CODEC: Final = RedisCodec()

@@ -63,6 +63,39 @@ def close_on_split_error(req: Request) -> bool:
     return req.cmd == b"mget"
 
 
+def close_on_merge_error(req: Request, ctx: Any, replies: Sequence[bytes | None]) -> bool:
+    """Whether nutcracker closes the client after this split request merged badly (MergeError).
+
+    Only MGET, and only when nutcracker's merge runs out of bytes: it builds the merged reply
+    before it looks for errors, taking for each key, in order, one bulk from its fragment's
+    reply (the `*<n>` line skipped). It reads any bytes as a bulk: it skips the first byte,
+    takes `-1` as a nil (5 bytes) or the digits there as a length (that many bytes, plus the
+    header and two CRLFs: 5 bytes with no digits), or all that is left when that is no more.
+    A read on a used-up reply fails and the client is closed after `-ERR Invalid argument`.
+    So an MGET of 3 keys on a server answering `-ERR boom` keeps the connection; 4 keys close
+    it [observed with nutcracker 0.5.0].
+    """
+    if req.cmd != b"mget":
+        return False
+    pos = [0 if r is None or r[:1] != b"*" else r.find(b"\r\n") + 2 for r in replies]
+    for frag in ctx:
+        reply = replies[frag]
+        if reply is None:
+            return True
+        p, n = pos[frag], len(reply)
+        if p >= n:
+            return True
+        if reply[p + 1:p + 3] == b"-1":
+            length = 5
+        else:
+            q = p + 1
+            while q < n and 48 <= reply[q] <= 57:
+                q += 1
+            length = (_u32(reply[p + 1:q]) if q > p + 1 else 0) + 4 + (q - p)
+        pos[frag] = n if n - p <= length else p + length
+    return False
+
+
 def split(req: Request, route: Callable[[bytes], int]) -> tuple[list[tuple[int, bytes]], Any]:
     """Build the fragments of `req`: [(server index, fragment bytes)], and the merge context."""
     args = req.args

@@ -11,6 +11,7 @@ test: deps
 	@bash scripts/test.sh
 
 bench: deps
+	@.venv/bin/python -c "import matplotlib" 2>/dev/null || .venv/bin/pip install -q -e ".[test,bench]"
 	@.venv/bin/python -m bench
 
 clean:

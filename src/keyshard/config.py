@@ -39,29 +39,16 @@ from typing import Any
 
 import yaml
 
-try:  # libyaml, the same parser nutcracker links against, when PyYAML was built with it
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - pure-Python PyYAML
-    _Loader = yaml.SafeLoader
-
-
-class ConfigError(Exception):
-    """A config file that must not start the proxy. str(err) is one clear line."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        pool: str | None = None,
-        line: int | None = None,
-        nc_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.path = path
-        self.pool = pool
-        self.line = line
-        self.nc_message = nc_message
+from keyshard.config_yaml import (
+    ConfigError,
+    Where,
+    check_structure,
+    check_tokens,
+    fail,
+    line_of,
+    load_document,
+    quote,
+)
 
 
 @dataclass(frozen=True)
@@ -385,181 +372,6 @@ def _doc_value(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Reporting
-
-
-@dataclass(frozen=True)
-class _Where:
-    path: str
-    line: int | None = None
-    pool: str | None = None
-
-
-def _fail(
-    where: _Where, text: str, nc_message: str | None, detail: str | None = None
-) -> ConfigError:
-    """One line: conf: file 'F', pool 'P', line N: <nutcracker's phrase> (<detail>)."""
-    message = f"conf: file '{where.path}'"
-    if where.pool is not None:
-        message += f", pool '{where.pool}'"
-    if where.line is not None:
-        message += f", line {where.line}"
-    message += f": {text}"
-    if detail:
-        message += f" ({detail})"
-    return ConfigError(
-        " ".join(message.splitlines()),
-        path=where.path, pool=where.pool, line=where.line, nc_message=nc_message,
-    )
-
-
-def _line(node: Any) -> int | None:
-    mark = getattr(node, "start_mark", None)
-    return None if mark is None else int(mark.line) + 1
-
-
-def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Pre-validation: one document, allowed tokens, structure (nutcracker's conf_pre_validate)
-
-_YAML_ERROR_CODES: tuple[tuple[type[yaml.YAMLError], int], ...] = (
-    (yaml.reader.ReaderError, 2),
-    (yaml.scanner.ScannerError, 3),
-    (yaml.parser.ParserError, 4),
-    (yaml.composer.ComposerError, 5),
-)
-
-# libyaml token numbers, as nutcracker prints them.
-_DISALLOWED_TOKENS: dict[type[yaml.Token], tuple[str, int]] = {
-    yaml.DocumentStartToken: ("document start", 5),
-    yaml.DocumentEndToken: ("document end", 6),
-    yaml.FlowSequenceStartToken: ("flow sequence start", 10),
-    yaml.FlowSequenceEndToken: ("flow sequence end", 11),
-    yaml.FlowMappingStartToken: ("flow mapping start", 12),
-    yaml.FlowMappingEndToken: ("flow mapping end", 13),
-    yaml.FlowEntryToken: ("flow entry", 15),
-    yaml.AliasToken: ("alias", 18),
-    yaml.AnchorToken: ("anchor", 19),
-    yaml.TagToken: ("tag", 20),
-}
-
-
-def _yaml_failure(err: yaml.YAMLError, path: str, doing: str) -> ConfigError:
-    code = next((c for cls, c in _YAML_ERROR_CODES if isinstance(err, cls)), 0)
-    mark = getattr(err, "problem_mark", None)
-    line = None if mark is None else int(mark.line) + 1
-    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or str(err)
-    text = f"failed (err {code}) to {doing}"
-    return _fail(_Where(path, line), text, text, str(problem))
-
-
-def _load_document(stream: str | bytes, path: str) -> Any:
-    try:
-        nodes = list(yaml.compose_all(stream, Loader=_Loader))
-    except yaml.YAMLError as err:
-        raise _yaml_failure(err, path, "get the next yaml document") from None
-    if len(nodes) != 1:
-        text = f"must contain only 1 document; found {len(nodes)} documents"
-        raise _fail(_Where(path), text, f"'{path}' {text}")
-    return nodes[0]
-
-
-def _token_name(token: yaml.Token) -> tuple[str, int] | None:
-    if isinstance(token, yaml.DirectiveToken):
-        return ("version directive", 3) if token.name == "YAML" else ("tag directive", 4)
-    return _DISALLOWED_TOKENS.get(type(token))
-
-
-def _check_tokens(stream: str | bytes, path: str) -> None:
-    try:
-        for token in yaml.scan(stream, Loader=_Loader):
-            found = _token_name(token)
-            if found is not None:
-                text = f"{found[0]} token ({found[1]}) is disallowed"
-                raise _fail(_Where(path, _line(token)), text, text)
-    except yaml.YAMLError as err:
-        raise _yaml_failure(err, path, "scan next token") from None
-
-
-class _Structure:
-    """nutcracker's conf_validate_structure, fed one YAML event at a time.
-
-    Pools (depth 1) are mappings of `key: scalar` (depth 2) holding exactly one sequence.
-    Each step returns None or the phrase of the first violation.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.seq = False
-        self.count = [0, 0, 0]
-
-    def mapping_start(self) -> str | None:
-        error = None
-        if self.depth == 1 and self.count[1] != 1:
-            error = 'has more than one "key:value" at depth 1'
-        elif self.depth >= 2:
-            error = "has a depth greater than 2"
-        self.depth += 1
-        return error
-
-    def mapping_end(self) -> str | None:
-        error = None
-        if self.depth == 2:
-            if not self.seq:
-                error = "missing sequence directive at depth 2"
-            self.seq = False
-        self.depth -= 1
-        self.count[self.depth] = 0
-        return error
-
-    def sequence_start(self) -> str | None:
-        error = None
-        if self.seq:
-            error = "has more than one sequence directive"
-        elif self.depth != 2:
-            error = f"has sequence at depth {self.depth} instead of 2"
-        elif self.count[2] != 1:
-            error = 'has invalid "key:value" at depth 2'
-        self.seq = True
-        return error
-
-    def sequence_end(self) -> str | None:
-        self.count[self.depth] = 0
-        return None
-
-    def scalar(self) -> str | None:
-        if self.depth == 0:
-            return 'has invalid empty "key:" at depth 0'
-        if self.depth == 1 and self.count[1] != 0:
-            return 'has invalid mapping "key:" at depth 1'
-        if self.depth == 2 and self.count[2] == 2:
-            self.count[2] = 0  # a "key: value" pair is complete
-        self.count[self.depth] += 1
-        return None
-
-
-_STRUCTURE_STEPS: dict[type[yaml.Event], Callable[[_Structure], str | None]] = {
-    yaml.MappingStartEvent: _Structure.mapping_start,
-    yaml.MappingEndEvent: _Structure.mapping_end,
-    yaml.SequenceStartEvent: _Structure.sequence_start,
-    yaml.SequenceEndEvent: _Structure.sequence_end,
-    yaml.ScalarEvent: _Structure.scalar,
-}
-
-
-def _check_structure(stream: str | bytes, path: str) -> None:
-    state = _Structure()
-    for event in yaml.parse(stream, Loader=_Loader):
-        step = _STRUCTURE_STEPS.get(type(event))
-        error = step(state) if step is not None else None
-        if error is not None:
-            raise _fail(_Where(path, _line(event)), error, f"'{path}' {error}")
-
-
-# --------------------------------------------------------------------------------------------
 # Parsing: every scalar in document order (nutcracker's conf_parse)
 
 
@@ -572,12 +384,12 @@ class _Draft:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def _scalar_text(node: Any, where: _Where, empty: str) -> str:
+def _scalar_text(node: Any, where: Where, empty: str) -> str:
     """The text of a scalar; nutcracker fails (silently) on an empty one."""
     if not isinstance(node, yaml.ScalarNode):  # excluded by _check_structure
-        raise _fail(where, "unexpected YAML structure", None)
+        raise fail(where, "unexpected YAML structure", None)
     if node.value == "":
-        raise _fail(where, empty, None)
+        raise fail(where, empty, None)
     return str(node.value)
 
 
@@ -589,20 +401,20 @@ def _items(node: Any) -> Iterator[Any]:
         yield node
 
 
-def _apply(draft: _Draft, key: str, text: str, where: _Where, resolve: Resolver) -> None:
+def _apply(draft: _Draft, key: str, text: str, where: Where, resolve: Resolver) -> None:
     directive = DIRECTIVE_BY_NAME.get(key)
     if directive is None:
         phrase = f'directive "{key}" is unknown'
-        raise _fail(where, phrase, phrase)
+        raise fail(where, phrase, phrase)
     if not directive.multi and key in draft.values:
         phrase = f'directive "{key}" is a duplicate'
-        raise _fail(where, phrase, phrase)
+        raise fail(where, phrase, phrase)
     try:
         value = directive.parse(text, resolve)
     except _Reject as reject:
         phrase = f'directive "{key}" {reject.phrase}'
-        detail = reject.detail or (None if directive.secret else f"value {_quote(text)}")
-        raise _fail(where, phrase, phrase, detail) from None
+        detail = reject.detail or (None if directive.secret else f"value {quote(text)}")
+        raise fail(where, phrase, phrase, detail) from None
     if directive.multi:
         draft.values.setdefault(key, []).append(value)
     else:
@@ -610,13 +422,13 @@ def _apply(draft: _Draft, key: str, text: str, where: _Where, resolve: Resolver)
 
 
 def _read_pool(name_node: Any, body: Any, path: str, resolve: Resolver) -> _Draft:
-    name = _scalar_text(name_node, _Where(path, _line(name_node)), "pool name is empty")
-    draft = _Draft(name, _line(name_node))
+    name = _scalar_text(name_node, Where(path, line_of(name_node)), "pool name is empty")
+    draft = _Draft(name, line_of(name_node))
     for key_node, value_node in getattr(body, "value", ()):
-        where = _Where(path, _line(key_node), name)
+        where = Where(path, line_of(key_node), name)
         key = _scalar_text(key_node, where, "directive name is empty")
         for item in _items(value_node):
-            where = _Where(path, _line(item), name)
+            where = Where(path, line_of(item), name)
             text = _scalar_text(item, where, f'directive "{key}" has an empty value')
             _apply(draft, key, text, where, resolve)
     return draft
@@ -638,7 +450,7 @@ def _first_duplicate(names: Iterable[str]) -> str | None:
 
 def _check_pool(draft: _Draft, path: str) -> list[ServerConf]:
     """nutcracker's per-pool checks, in its order; returns the servers sorted by name."""
-    where, values = _Where(path, draft.line, draft.name), draft.values
+    where, values = Where(path, draft.line, draft.name), draft.values
     for failed, phrase in (
         ("listen" not in values, 'directive "listen:" is missing'),
         (values.get("server_connections") == 0, 'directive "server_connections:" cannot be 0'),
@@ -646,14 +458,14 @@ def _check_pool(draft: _Draft, path: str) -> list[ServerConf]:
          'directive "redis_auth:" is only valid for a redis pool'),
     ):
         if failed:
-            raise _fail(where, phrase, phrase)
+            raise fail(where, phrase, phrase)
     servers = sorted(values.get("servers", []), key=lambda s: nc_key(s.name))
     if not servers:
-        raise _fail(where, "has no servers", f"pool '{draft.name}' has no servers")
+        raise fail(where, "has no servers", f"pool '{draft.name}' has no servers")
     same = _first_duplicate(s.name for s in servers)
     if same is not None:
         text = f"has servers with same name '{same}'"
-        raise _fail(where, text, f"pool '{draft.name}' {text}")
+        raise fail(where, text, f"pool '{draft.name}' {text}")
     return servers
 
 
@@ -679,12 +491,12 @@ def _order_pools(pools: list[PoolConf], path: str) -> list[PoolConf]:
         if first.listen == second.listen:
             text = (f"pools '{first.name}' and '{second.name}' have the same listen "
                     f"address '{first.listen}'")
-            raise _fail(_Where(path), text, text)
+            raise fail(Where(path), text, text)
     by_name = sorted(by_listen, key=lambda p: nc_key(p.name))
     same = _first_duplicate(p.name for p in by_name)
     if same is not None:
         # nutcracker's own message lacks the opening quote; ours has both.
-        raise _fail(_Where(path), f"has pools with same name '{same}'",
+        raise fail(Where(path), f"has pools with same name '{same}'",
                     f"'{path}' has pools with same name {same}'")
     return by_name
 
@@ -694,12 +506,12 @@ def _order_pools(pools: list[PoolConf], path: str) -> list[PoolConf]:
 
 
 def _parse(stream: str | bytes, path: str, resolve: Resolver) -> list[PoolConf]:
-    root = _load_document(stream, path)
-    _check_tokens(stream, path)
-    _check_structure(stream, path)
+    root = load_document(stream, path)
+    check_tokens(stream, path)
+    check_structure(stream, path)
     drafts = [_read_pool(k, v, path, resolve) for k, v in getattr(root, "value", ())]
     if not drafts:
-        raise _fail(_Where(path), "has no pools", f"'{path}' has no pools")
+        raise fail(Where(path), "has no pools", f"'{path}' has no pools")
     pools = [_build_pool(d, _check_pool(d, path)) for d in drafts]
     return _order_pools(pools, path)
 
@@ -717,7 +529,7 @@ def load_config(path: str, *, resolver: Resolver | None = None) -> list[PoolConf
             data = fh.read()
     except OSError as err:
         reason = err.strerror or str(err)
-        raise _fail(_Where(path), f"failed to open configuration: {reason}",
+        raise fail(Where(path), f"failed to open configuration: {reason}",
                     f"failed to open configuration '{path}': {reason}") from None
     return _parse(data, path, resolver or resolve_tcp)
 

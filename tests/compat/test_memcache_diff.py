@@ -9,14 +9,11 @@ duplicates and missing keys, and end (sometimes) with a command nutcracker rejec
 from __future__ import annotations
 
 import random
-import socket
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from keyshard.protocol.memcache import CODEC
-from tests.support.rig import Rig, first_difference, read_until_eof
+from tests.support.rig import Rig, first_difference, replies_then_tail, stream_differences
 
 KEYS = [b"a", b"b", b"c", b"user:1", b"user:2", b"n", b"\xc3\xa9t\xc3\xa9", b"k" * 250,
         b"x:" + b"9" * 30]
@@ -80,25 +77,6 @@ def stream(seed: int) -> tuple[bytes, int, bytes]:
     return payload, count, tail
 
 
-def replies_then_tail(rig: Rig, payload: bytes, count: int, tail: bytes) -> bytes:
-    """Send the pipeline, read its replies, then the rejected tail (see test_redis_diff)."""
-    with rig.connect() as sock:
-        sock.sendall(payload)
-        parser = CODEC.reply_parser()
-        got: list[bytes] = []
-        deadline = time.monotonic() + 10
-        while len(got) < count and time.monotonic() < deadline:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(262144)
-            if not chunk:
-                break
-            got += parser.feed(chunk)
-        if tail:
-            sock.sendall(tail)
-        sock.shutdown(socket.SHUT_WR)
-        return b"".join(got) + b"|" + read_until_eof(sock)
-
-
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[tuple[Rig, Rig]]:
     with Rig("nutcracker", nbackends=3, redis=False, timeout=3000) as nut, \
@@ -107,21 +85,11 @@ def rigs() -> Iterator[tuple[Rig, Rig]]:
 
 
 def test_random_streams_match_nutcracker(rigs: tuple[Rig, Rig]) -> None:
-    nut, ks = rigs
-    differences = []
-    for seed in range(120):
-        payload, count, tail = stream(seed)
-        nut.flush_backends()
-        ks.flush_backends()
-        a = replies_then_tail(nut, payload, count, tail)
-        b = replies_then_tail(ks, payload, count, tail)
-        if a != b:
-            differences.append(f"seed {seed}: {first_difference(a, b)}")
+    differences = stream_differences(*rigs, ((seed, *stream(seed)) for seed in range(120)))
     assert not differences, "\n".join(differences[:3])
 
 
 def test_multi_get_across_servers_matches(rigs: tuple[Rig, Rig]) -> None:
-    nut, ks = rigs
     keys = [b"mg:%d" % i for i in range(60)]
     load = b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(k), k) for k in keys[::2])
     query = b"get " + b" ".join(keys + keys[:5]) + b"\r\n"

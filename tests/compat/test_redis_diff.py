@@ -9,14 +9,11 @@ with a command nutcracker rejects, which closes the connection.
 from __future__ import annotations
 
 import random
-import socket
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from keyshard.protocol.redis import CODEC
-from tests.support.rig import Rig, first_difference, read_until_eof, resp
+from tests.support.rig import Rig, resp, stream_differences
 
 KEYS = ["a", "b", "c", "user:{7}:x", "user:{7}:y", "n1", "n2", "h", "l", "s", "z", "\xe9t\xe9",
         "k" * 40, ""]
@@ -107,35 +104,6 @@ def encode(cmd: list[str]) -> bytes:
     return resp(*[a.encode("latin-1") for a in cmd])
 
 
-def replies_then_tail(rig: Rig, payload: bytes, count: int, tail: bytes) -> bytes:
-    """Send a pipeline, read its `count` replies; then send the tail and read until close.
-
-    The tail goes out only after the replies are in, because nutcracker closes a client at a
-    rejected command without answering the requests that arrived in the same read (keyshard
-    answers them first; see README, differences).
-    """
-    with rig.connect() as sock:
-        sock.sendall(payload)
-        got = read_replies(sock, count)
-        if tail:
-            sock.sendall(tail)
-        sock.shutdown(socket.SHUT_WR)
-        return got + b"|" + read_until_eof(sock)
-
-
-def read_replies(sock: socket.socket, count: int, timeout: float = 10.0) -> bytes:
-    parser = CODEC.reply_parser()
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += parser.feed(chunk)
-    return b"".join(got)
-
-
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[tuple[Rig, Rig]]:
     opts = {"hash_tag": '"{}"', "timeout": 3000}
@@ -144,16 +112,7 @@ def rigs() -> Iterator[tuple[Rig, Rig]]:
 
 
 def test_random_streams_match_nutcracker(rigs: tuple[Rig, Rig]) -> None:
-    nut, ks = rigs
-    differences = []
-    for seed in range(150):
-        payload, count, tail = stream(seed)
-        nut.flush_backends()
-        ks.flush_backends()
-        a = replies_then_tail(nut, payload, count, tail)
-        b = replies_then_tail(ks, payload, count, tail)
-        if a != b:
-            differences.append(f"seed {seed}: {first_difference(a, b)}")
+    differences = stream_differences(*rigs, ((seed, *stream(seed)) for seed in range(150)))
     assert not differences, "\n".join(differences[:3])
 
 

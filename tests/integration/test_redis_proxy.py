@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.support.procs import RedisServer
-from tests.support.rig import Rig, exchange, read_exactly, resp
+from tests.support.rig import Rig, assert_cut_everywhere, exchange, redis_client, resp
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def rig() -> Iterator[Rig]:
 @pytest.fixture
 def r(rig: Rig) -> redis.Redis:
     rig.flush_backends()
-    return redis.Redis(port=rig.port, protocol=2, lib_name=None, lib_version=None)
+    return redis_client(rig.port)
 
 
 def owner(rig: Rig, key: str) -> int:
@@ -69,13 +69,15 @@ def test_split_commands(rig: Rig, r: redis.Redis) -> None:
     assert r.mget(keys) == [None] * 200
 
 
-def test_split_wrong_type_is_invalid_argument(rig: Rig, r: redis.Redis) -> None:
-    keys = [f"w{i}" for i in range(8)]
-    r.mset({k: "v" for k in keys})
-    # MSET over a key of another type still works in Redis; make one fragment fail instead:
-    # a WRONGTYPE cannot happen for MGET, so use a DEL fragment against a server error reply.
-    got = exchange(rig.port, resp("MGET", *keys) + resp("GET", keys[0]))
-    assert got.startswith(b"*8\r\n") and got.endswith(b"$1\r\nv\r\n")
+def test_split_fragment_error_is_invalid_argument() -> None:
+    """A fragment answered with an error reply: -ERR Invalid argument, connection stays open."""
+    with Rig("keyshard", nbackends=2) as rig:
+        keys = [f"w{i}" for i in range(40)]
+        rig.backends[1].client().config_set("requirepass", "locked")  # its fragments: -NOAUTH
+        got = rig.exchange(resp("MSET", *[x for k in keys for x in (k, "v")])
+                           + resp("MGET", *keys) + resp("DEL", *keys) + resp("PING"))
+        assert got == b"-ERR Invalid argument\r\n" * 3 + b"+PONG\r\n"
+        assert rig.backends[0].client().dbsize() > 0  # the other fragment did land
 
 
 def test_pipeline_spanning_servers_keeps_order(r: redis.Redis) -> None:
@@ -116,19 +118,14 @@ def test_bad_input_answers_earlier_then_closes(rig: Rig, bad: bytes) -> None:
 def test_stream_cut_at_every_byte(rig: Rig) -> None:
     stream = resp("SET", "cut", "v" * 5) + resp("MGET", "cut", "x1", "x2", "cut") + resp("PING")
     expected = b"+OK\r\n*4\r\n$5\r\nvvvvv\r\n$-1\r\n$-1\r\n$5\r\nvvvvv\r\n+PONG\r\n"
-    for i in range(1, len(stream)):
-        with rig.connect() as s:
-            s.sendall(stream[:i])
-            time.sleep(0.002)
-            s.sendall(stream[i:])
-            assert read_exactly(s, len(expected)) == expected, i
+    assert_cut_everywhere(rig, stream, expected)
 
 
 def test_hundred_concurrent_clients(rig: Rig) -> None:
     errors: list[str] = []
 
     def client(n: int) -> None:
-        c = redis.Redis(port=rig.port, protocol=2, lib_name=None, lib_version=None)
+        c = redis_client(rig.port)
         try:
             for i in range(50):
                 key = f"cc:{n}:{i}"
@@ -208,7 +205,7 @@ def test_auth_and_select(procs) -> None:  # type: ignore[no-untyped-def]
 
 def test_server_connections_round_robin(procs) -> None:  # type: ignore[no-untyped-def]
     with Rig("keyshard", nbackends=1, server_connections=3) as rig:
-        c = redis.Redis(port=rig.port, protocol=2, lib_name=None, lib_version=None)
+        c = redis_client(rig.port)
         for i in range(30):
             c.set(f"rr{i}", i)
         clients = rig.backends[0].client().client_list()

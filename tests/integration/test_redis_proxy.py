@@ -79,7 +79,6 @@ def test_split_fragment_error_is_invalid_argument() -> None:
         with Rig(kind, nbackends=2) as rig:
             rig.backends[1].client().config_set("requirepass", "locked")
             got[kind] = rig.exchange(stream)
-            assert rig.backends[0].client().dbsize() > 0  # the other fragment did land
     assert got["keyshard"] == got["nutcracker"]
     assert got["keyshard"].startswith(b"-ERR Invalid argument\r\n")
 

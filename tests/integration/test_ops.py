@@ -26,7 +26,7 @@ import pytest
 from keyshard import app
 from keyshard.cli import Options
 from keyshard.config import parse_config
-from tests.support.faults import BlackHole, _count_redis_requests, _Server
+from tests.support.faults import BlackHole
 from tests.support.procs import ROOT, Keyshard, free_port, pool_yaml, wait_port
 from tests.support.rig import read_until_eof, resp
 
@@ -34,32 +34,63 @@ ENV = {**os.environ,
        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-class SlowServer(_Server):
-    """Answers every redis request with `reply`, `delay` seconds after receiving it."""
+class SlowServer(threading.Thread):
+    """Answers every redis request with `reply`, `delay` seconds after receiving it.
+
+    Requests are counted as RESP arrays (`*` at the start of a line): enough for the plain
+    GETs the tests send."""
 
     def __init__(self, delay: float, reply: bytes = b"+SLOW\r\n") -> None:
+        super().__init__(daemon=True)
         self.delay = delay
         self.reply = reply
         self.timers: list[threading.Timer] = []
-        super().__init__()
+        self.running = True
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.settimeout(0.05)
+        self.port = self.lsock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.start()
 
-    def on_data(self, conn: socket.socket, data: bytes) -> None:
-        timer = threading.Timer(self.delay, self._answer, (conn, _count_redis_requests(data)))
-        self.timers.append(timer)
-        timer.start()
+    def run(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.05)
+        while self.running:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            n = data.count(b"\n*") + data.startswith(b"*")
+            timer = threading.Timer(self.delay, self._answer, (conn, n))
+            self.timers.append(timer)
+            timer.start()
 
     def _answer(self, conn: socket.socket, n: int) -> None:
         try:
-            conn.setblocking(True)
             conn.sendall(self.reply * n)
-            conn.setblocking(False)
         except OSError:
             pass
 
     def close(self) -> None:
+        self.running = False
         for timer in self.timers:
             timer.cancel()
-        super().close()
+        self.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.lsock.close()
 
 
 def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -246,11 +277,15 @@ def test_grace_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
                 if proxy.listeners:
                     break
                 await asyncio.sleep(0.01)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), 5)
             writer.write(resp("GET", "never"))
             await writer.drain()
-            while not hole.accepted:
+            for _ in range(500):
+                if hole.accepted:
+                    break
                 await asyncio.sleep(0.01)
+            assert hole.accepted, "the proxy never reached the server"
             started = loop.time()
             proxy.stop(signal.SIGTERM)
             await asyncio.wait_for(serving, 5)

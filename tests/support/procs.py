@@ -91,10 +91,14 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout / 2)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+                self.proc.send_signal(sig)  # a second signal skips keyshard's stop grace
+                try:
+                    self.proc.wait(timeout / 2)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout)
         return self.proc.returncode
 
     def cleanup(self) -> None:

@@ -16,7 +16,8 @@ Rule 4: a split request (MGET, DEL, get k1 k2, ...) becomes one fragment per ser
 Rule 5: a failed MGET (redis, a fragment's connection failed) or a failed multi-get
         (memcache, any error) closes the client, as nutcracker does: the client gets the
         replies that are ready when the error reply is written, including it, and then the
-        close. A client that already half-closed when the failure is known gets nothing more.
+        close. It gets nothing more if the failure is known while its own read is dispatched
+        (no server live: every fragment failed at once), or if it already half-closed.
 Rule 6: `forward_error` counts the error replies made for a client still there (one per split
         request); the requests of a client that went away are swallowed (`server.SWALLOW`).
 """
@@ -125,7 +126,7 @@ class ServerSlot:
 class SplitOwner:
     """Collects the fragment replies of one split request (Rules 4, 5)."""
 
-    __slots__ = ("runtime", "parent", "replies", "pending", "errors", "order")
+    __slots__ = ("runtime", "parent", "replies", "pending", "errors", "order", "splitting")
 
     def __init__(self, runtime: PoolRuntime, parent: Request, nfrags: int) -> None:
         self.runtime = runtime
@@ -134,6 +135,7 @@ class SplitOwner:
         self.pending = nfrags
         self.errors: list[bytes | None] | None = None  # error reply per fragment, once one failed
         self.order: list[int] = []  # fragment positions in the order they were sent
+        self.splitting = True  # still inside `PoolRuntime.split`, in the client's read
 
     def req_done(self, frag: Request) -> None:
         if self.parent.owner.closed:
@@ -184,8 +186,13 @@ class SplitOwner:
                 return
         if close:
             queue = client.queue
-            if client.eof and queue and queue[0] is parent:
-                client.close()  # nutcracker reads the EOF first and closes: no reply (Rule 5)
+            if self.splitting or (client.eof and queue and queue[0] is parent):
+                # nutcracker closes within this read, or at the client's next event, which is
+                # a read (its EOF), before any write: nothing more is sent (Rule 5)
+                client.wbuf = []
+                if not client.eof:
+                    runtime.stats.client_err += 1
+                client.close()
                 return
             if client.close_mark is None:
                 client.close_mark = parent
@@ -337,6 +344,7 @@ class PoolRuntime:
             slot.stats.requests += 1
             slot.stats.request_bytes += len(raw)
             conn.send(frag)
+        owner.splitting = False
 
     # -- flow control: a server that does not drain pauses every client of the pool ----------
 

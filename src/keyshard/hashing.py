@@ -28,6 +28,8 @@ import struct
 import zlib
 from collections.abc import Callable
 
+from keyshard import speedups_enabled
+
 __all__ = [
     "HASHES",
     "HashFunc",
@@ -303,3 +305,26 @@ def hash_tag_key(key: bytes, tag: bytes | None) -> bytes:
     if end - start > 1:
         return key[start + 1:end]
     return key
+
+
+# The reference functions stay reachable here (differential tests, benchmarks).
+PY_HASHES: dict[str, HashFunc] = dict(HASHES)
+
+if speedups_enabled():  # compiled twins, if built (not md5, crc32, crc32a: C already)
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef,assignment]
+            HASHES as _COMPILED_HASHES,
+            crc16,
+            fnv1_32,
+            fnv1_64,
+            fnv1a_32,
+            fnv1a_64,
+            hsieh,
+            jenkins,
+            murmur,
+            one_at_a_time,
+        )
+    except ImportError:
+        pass
+    else:
+        HASHES.update(_COMPILED_HASHES)  # same keys, so nutcracker's order is kept

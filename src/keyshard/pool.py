@@ -41,6 +41,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keyshard import speedups_enabled
 from keyshard.config import PoolConf, ServerConf
 from keyshard.distribution import (
     DISTRIBUTIONS,
@@ -251,3 +252,17 @@ class ServerPool:
         if isinstance(cont, RandomContinuum):
             return _random_router(cont)
         return _generic_router(cont, self._hash, self._tag)
+
+
+# The reference routers stay reachable here (differential tests).
+_py_ketama_router = _ketama_router
+_py_modula_router = _modula_router
+
+if speedups_enabled():  # their compiled twins, if built: hash and lookup in one C call
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef,assignment]
+            ketama_router as _ketama_router,
+            modula_router as _modula_router,
+        )
+    except ImportError:
+        pass

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from keyshard import speedups_enabled
+
 from .base import ProtocolError, Request
 from .redis_commands import (
     ARGEVAL,
@@ -527,3 +529,16 @@ class RedisCodec:
 
 
 CODEC: Final = RedisCodec()
+
+# The reference framers stay reachable under these names (differential tests, benchmarks).
+PyRedisRequestParser: Final = RedisRequestParser
+PyRedisReplyParser: Final = RedisReplyParser
+
+if speedups_enabled():  # their compiled twins, if built (keyshard/__init__.py)
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef,assignment]
+            RedisReplyParser,
+            RedisRequestParser,
+        )
+    except ImportError:
+        pass

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from keyshard import __version__
+from keyshard import __version__, speedups_in_use
 from keyshard.config import ConfigError, PoolConf, load_config, nc_atoi, valid_port
 from keyshard.metrics import describe_stats
 
@@ -242,8 +242,9 @@ def parse_args(argv: list[str]) -> Options:
 
 
 def banner_lines() -> list[str]:
-    """The version banner; later lines may say which compiled extensions are in use."""
-    return [f"This is {PROG}-{__version__}"]
+    """The version banner; the second line says whether the compiled twins are in use."""
+    extensions = "compiled (Cython)" if speedups_in_use() else "pure Python"
+    return [f"This is {PROG}-{__version__}", f"extensions: {extensions}"]
 
 
 def usage() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from keyshard import __version__
-from keyshard.cli import Options, UsageError, parse_args, parse_host_port, usage
+from keyshard.cli import Options, UsageError, banner_lines, parse_args, parse_host_port, usage
 from keyshard.daemon import remove_pid_file, write_pid_file
 from keyshard.metrics import describe_stats
 
@@ -30,6 +30,9 @@ NUTCRACKER = shutil.which("nutcracker") or ("/usr/sbin/nutcracker"
 needs_nutcracker = pytest.mark.skipif(NUTCRACKER is None, reason="nutcracker is not installed")
 ENV = {**os.environ,
        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+# the -V banner: the version, then which implementation runs (the child has our environment)
+BANNER = "\n".join(banner_lines()) + "\n\n"
 
 
 def keyshard(*args: str, cwd: Path = ROOT, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -171,13 +174,14 @@ def test_bad_options_like_nutcracker(argv: list[str]) -> None:
 def test_version() -> None:
     result = keyshard("-V")
     assert (result.returncode, result.stdout) == (0, "")
-    assert result.stderr == f"This is keyshard-{__version__}\n\n"
+    assert result.stderr == BANNER
+    assert result.stderr.startswith(f"This is keyshard-{__version__}\nextensions: ")
 
 
 def test_help_lists_every_flag_with_its_default() -> None:
     result = keyshard("--help")
     assert result.returncode == 0
-    assert result.stderr.startswith(f"This is keyshard-{__version__}\n\nUsage: keyshard")
+    assert result.stderr.startswith(BANNER + "Usage: keyshard")
     assert result.stderr.endswith(usage() + "\n")
     for flag, default in [("-h, --help", None), ("-V, --version", None),
                           ("-t, --test-conf", None), ("-d, --daemonize", None),
@@ -198,7 +202,7 @@ def test_describe_stats_matches_nutcracker() -> None:
                             check=False).stderr
     ours = keyshard("-D")
     assert ours.returncode == 0
-    assert ours.stderr == f"This is keyshard-{__version__}\n\n" + describe_stats()
+    assert ours.stderr == BANNER + describe_stats()
     their_table = theirs[theirs.index("pool stats:"):]
     assert ours.stderr[ours.stderr.index("pool stats:"):] == their_table
 
@@ -233,7 +237,7 @@ def test_test_conf_invalid(tmp_path: Path) -> None:
 
 def test_version_wins_over_test_conf() -> None:
     result = keyshard("-t", "-V", "-c", "/nonexistent.yml")
-    assert (result.returncode, result.stderr) == (0, f"This is keyshard-{__version__}\n\n")
+    assert (result.returncode, result.stderr) == (0, BANNER)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,18 @@ from tests.support.procs import Proc
 P = TypeVar("P", bound=Proc)
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which implementation of the hot loops this run tests (scripts/test.sh runs both)."""
+    import os
+
+    import keyshard
+
+    which = "compiled (Cython)" if keyshard.speedups_in_use() else "pure Python"
+    forced = " (KEYSHARD_NO_EXTENSIONS)" if not keyshard.speedups_enabled() else ""
+    return f"keyshard extensions: {which}{forced}" + (
+        ", required" if os.environ.get("KEYSHARD_EXPECT_EXTENSIONS") == "1" else "")
+
+
 @pytest.fixture
 def procs() -> Iterator[Callable[[P], P]]:
     """`procs(RedisServer().start())`: the process is stopped and removed after the test."""

@@ -1,0 +1,338 @@
+"""The compiled twins (keyshard._speedups) against the pure-Python reference.
+
+1. Selection: which implementation each module picked, in this process and in a child process
+   with and without KEYSHARD_NO_EXTENSIONS. With KEYSHARD_EXPECT_EXTENSIONS=1 (set by
+   scripts/test.sh for the compiled run) a missing extension is a failure, not a skip.
+2. Differential properties: the same streams, cut the same way, fed to both framers give the
+   same frames and the same `error` after every feed (valid streams, garbage, mutations).
+3. Hashes and routers: the same numbers and the same server for any key, hash, tag and pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import keyshard
+from keyshard import hashing, pool
+from keyshard.distribution import KetamaContinuum, build_continuum
+from keyshard.protocol import redis
+from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, Request
+from tests.unit.test_redis_props import (
+    ANY_REPLIES,
+    ANY_REQUESTS,
+    REPLY,
+    TOKENS,
+    cuts,
+    mutated,
+    requests,
+)
+
+try:
+    from keyshard import _speedups
+except ImportError:
+    _speedups = None
+
+ROOT = Path(__file__).resolve().parents[2]
+FORCED_PURE = os.environ.get("KEYSHARD_NO_EXTENSIONS", "").strip() not in ("", "0")
+EXPECTED = os.environ.get("KEYSHARD_EXPECT_EXTENSIONS") == "1"
+
+needs_ext = pytest.mark.skipif(_speedups is None and not EXPECTED,
+                               reason="keyshard._speedups is not built")
+SETTINGS = settings(max_examples=400, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# --- 1. selection ----------------------------------------------------------------------------
+
+_PROBE = """
+import keyshard, keyshard.hashing as h, keyshard.pool as p, keyshard.protocol.redis as r
+print(keyshard.speedups_in_use(), r.RedisRequestParser.__module__,
+      r.RedisReplyParser.__module__, type(h.HASHES['fnv1a_64']).__name__,
+      p._ketama_router.__module__)
+"""
+
+
+def _probe(**env: str) -> list[str]:
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("KEYSHARD_NO_EXTENSIONS", "KEYSHARD_EXPECT_EXTENSIONS")}
+    full.update(env)
+    full["PYTHONPATH"] = str(ROOT / "src")
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=full, capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout.split()
+
+
+def test_this_run_uses_what_it_expects() -> None:
+    compiled = redis.RedisRequestParser is not redis.PyRedisRequestParser
+    if EXPECTED:
+        assert not FORCED_PURE, "KEYSHARD_EXPECT_EXTENSIONS=1 with KEYSHARD_NO_EXTENSIONS set"
+        assert _speedups is not None, "the compiled run has no keyshard._speedups (not built?)"
+        assert keyshard.speedups_in_use()
+    assert keyshard.speedups_in_use() == compiled == (_speedups is not None and not FORCED_PURE)
+    assert (redis.RedisReplyParser is not redis.PyRedisReplyParser) == compiled
+    assert (hashing.HASHES["fnv1a_64"] is not hashing.PY_HASHES["fnv1a_64"]) == compiled
+    assert (hashing.fnv1a_64 is hashing.HASHES["fnv1a_64"])
+    assert (pool._ketama_router is not pool._py_ketama_router) == compiled
+    assert (pool._modula_router is not pool._py_modula_router) == compiled
+    assert redis.CODEC.request_parser().__class__ is redis.RedisRequestParser
+    assert redis.CODEC.reply_parser().__class__ is redis.RedisReplyParser
+
+
+def test_no_extensions_forces_pure_python() -> None:
+    assert _probe(KEYSHARD_NO_EXTENSIONS="1") == [
+        "False", "keyshard.protocol.redis", "keyshard.protocol.redis", "function",
+        "keyshard.pool"]
+
+
+@needs_ext
+def test_the_extension_is_used_by_default() -> None:
+    assert _probe() == ["True", "keyshard._speedups", "keyshard._speedups", "cython_function_or_method",
+                        "keyshard._speedups"]
+
+
+@needs_ext
+def test_the_existing_tests_see_the_selected_classes() -> None:
+    """tests/unit/test_redis_codec.py etc. import by name, so they test what is selected."""
+    from tests.unit import test_hashing, test_redis_codec, test_redis_props
+
+    assert test_redis_codec.RedisRequestParser is redis.RedisRequestParser
+    assert test_redis_props.RedisReplyParser is redis.RedisReplyParser
+    assert test_hashing.fnv1a_64 is hashing.HASHES["fnv1a_64"]
+
+
+def test_version_says_which() -> None:
+    from keyshard.cli import banner_lines
+
+    lines = banner_lines()
+    assert lines[0] == f"This is keyshard-{keyshard.__version__}"
+    assert lines[1] == ("extensions: compiled (Cython)" if keyshard.speedups_in_use()
+                        else "extensions: pure Python")
+
+
+# --- the Request record ----------------------------------------------------------------------
+
+def _slots(req: Request) -> dict[str, Any]:
+    return {name: getattr(req, name) for name in Request.__slots__}
+
+
+@needs_ext
+@pytest.mark.parametrize("fields", [
+    (b"raw", KIND_FORWARD, b"get", b"k"),
+    (b"raw", KIND_SPLIT, b"mget", b"a", [b"a", b"b"], False),
+    (b"", 3, b"quit", b"", None, True),
+])
+def test_requests_are_built_slot_by_slot_like_the_class(fields: tuple[Any, ...]) -> None:
+    assert _speedups is not None and _speedups.request_fast_path()
+    fast = _speedups.new_request(*fields)
+    assert type(fast) is Request
+    assert _slots(fast) == _slots(Request(*fields))
+    fast.owner = object()  # every slot is writable, the net layer's too
+    fast.reply = b"+OK\r\n"
+    assert repr(fast) == repr(Request(*fields))
+
+
+@needs_ext
+def test_compiled_requests_are_the_reference_class_and_collectable() -> None:
+    import gc
+    import weakref
+
+    class Owner:
+        pass
+
+    (req,) = _speedups.RedisRequestParser().feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+    assert type(req) is Request and gc.is_tracked(req)
+    owner = Owner()
+    owner.queue = [req]  # type: ignore[attr-defined]
+    req.owner = owner  # a cycle, as between a client and its queue
+    ref = weakref.ref(owner)
+    del owner, req
+    gc.collect()
+    assert ref() is None
+
+
+# --- 2. framers, differential ----------------------------------------------------------------
+
+def _views(reqs: list[Request]) -> list[tuple[Any, ...]]:
+    return [(r.raw, r.kind, r.cmd, r.key, r.args, r.noreply) for r in reqs]
+
+
+def _steps_requests(cls: Any, chunks: list[bytes], maxk: int) -> list[tuple[Any, ...]]:
+    parser = cls(maxk)
+    return [(_views(parser.feed(chunk)), parser.error) for chunk in chunks]
+
+
+def _steps_replies(cls: Any, chunks: list[bytes]) -> list[tuple[Any, ...]]:
+    parser = cls()
+    return [(parser.feed(chunk), parser.error) for chunk in chunks]
+
+
+def _same_requests(chunks: list[bytes], maxk: int) -> None:
+    ours = _steps_requests(_speedups.RedisRequestParser, chunks, maxk)
+    assert ours == _steps_requests(redis.PyRedisRequestParser, chunks, maxk)
+    for _, error in ours:
+        assert error is None or not error.startswith("internal")
+
+
+def _same_replies(chunks: list[bytes]) -> None:
+    ours = _steps_replies(_speedups.RedisReplyParser, chunks)
+    assert ours == _steps_replies(redis.PyRedisReplyParser, chunks)
+    for _, error in ours:
+        assert error is None or not error.startswith("internal")
+
+
+# headers near the limits: long digit runs, wrap-around, missing digits, key lengths
+LIMIT_TOKENS = [b"*" + b"9" * 31, b"$" + b"0" * 32, b"$" + b"1" * 33, b"4294967296",
+                b"$299\r\n", b"$300\r\n", b"$301\r\n", b"*4\r\n$4\r\nEVAL\r\n$1\r\nx\r\n",
+                b"$1\r\n0\r\n", b"$2\r\n00\r\n", b"$1\r\n3\r\n", b"$3\r\nx1y\r\n",
+                b"*2\r\n$4\r\nMOVE\r\n", b"*1\r\n$17\r\ngeoradiusbymember\r\n",
+                b"*1\r\n$18\r\ngeoradiusbymemberx\r\n", b"*3\r\n$4\r\nGeT\r\n", b"\r\r\n"]
+STREAMS = st.one_of(
+    ANY_REQUESTS,
+    st.lists(st.sampled_from(TOKENS + LIMIT_TOKENS), max_size=40).map(b"".join),
+    mutated(st.lists(requests(), min_size=1, max_size=6).map(
+        lambda rs: b"".join(raw for raw, _ in rs))),
+)
+
+
+@needs_ext
+@SETTINGS
+@given(STREAMS, st.sampled_from([1, 3, 300, 16336]), st.data())
+def test_request_framers_agree_on_any_stream_and_cut(stream: bytes, maxk: int,
+                                                     data: st.DataObject) -> None:
+    for chunks in ([stream], data.draw(cuts(stream)), [bytes([b]) for b in stream]):
+        _same_requests(chunks, maxk)
+
+
+@needs_ext
+@SETTINGS
+@given(st.lists(requests(), min_size=1, max_size=10), st.data())
+def test_request_framers_agree_on_valid_streams(reqs: list[tuple[bytes, Any]],
+                                                data: st.DataObject) -> None:
+    stream = b"".join(raw for raw, _ in reqs)
+    _same_requests([stream], 300)
+    _same_requests(data.draw(cuts(stream)), 300)
+
+
+@needs_ext
+def test_request_framers_agree_on_big_and_chunked_input() -> None:
+    value = b"v" * 300_000
+    stream = (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$300000\r\n" + value + b"\r\n"
+              + b"*11\r\n$4\r\nMGET\r\n" + b"$2\r\nab\r\n" * 10)
+    for size in (1, 7, 1000, 65536):
+        _same_requests([stream[i:i + size] for i in range(0, len(stream), size)], 16336)
+
+
+REPLY_LIMITS = [b"$" + b"9" * 32, b"*" + b"1" * 33, b"$-" + b"1" * 40, b":" + b"-" * 5,
+                b"*1\r\n" * 40, b"$4294967296\r\n\r\n", b"*4294967297\r\n", b"~1\r\n"]
+REPLY_STREAMS = st.one_of(
+    ANY_REPLIES,
+    st.lists(st.sampled_from(REPLY_LIMITS + [b"\r\n", b":1\r\n", b"+OK\r\n"]), max_size=30)
+    .map(b"".join),
+    mutated(st.lists(REPLY, min_size=1, max_size=4).map(b"".join)),
+)
+
+
+@needs_ext
+@SETTINGS
+@given(REPLY_STREAMS, st.data())
+def test_reply_framers_agree_on_any_stream_and_cut(stream: bytes, data: st.DataObject) -> None:
+    for chunks in ([stream], data.draw(cuts(stream)), [bytes([b]) for b in stream]):
+        _same_replies(chunks)
+
+
+@needs_ext
+@SETTINGS
+@given(st.lists(REPLY, min_size=1, max_size=8), st.data())
+def test_reply_framers_agree_on_valid_streams(replies: list[bytes],
+                                              data: st.DataObject) -> None:
+    stream = b"".join(replies)
+    _same_replies([stream])
+    _same_replies(data.draw(cuts(stream)))
+
+
+@needs_ext
+def test_framers_stop_after_an_error() -> None:
+    for cls in (_speedups.RedisRequestParser, redis.PyRedisRequestParser):
+        parser = cls()
+        assert [r.key for r in parser.feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")] == [b"k"]
+        assert parser.feed(b"PING\r\n") == [] and parser.error is not None
+        assert parser.feed(b"*1\r\n$4\r\nPING\r\n") == []
+    with pytest.raises(ValueError):
+        _speedups.RedisRequestParser(0)
+
+
+# --- 3. hashes and routers -------------------------------------------------------------------
+
+KEYS = st.one_of(st.binary(max_size=40), st.binary(min_size=200, max_size=600),
+                 st.text(max_size=20).map(lambda t: t.encode()))
+C_HASHES = [name for name in hashing.HASHES if name != "md5"]
+
+
+@needs_ext
+@settings(max_examples=500, deadline=None)
+@given(KEYS)
+def test_hashes_agree(key: bytes) -> None:
+    for name in C_HASHES:
+        compiled = getattr(_speedups, name)
+        assert compiled(key) == hashing.PY_HASHES[name](key), name
+
+
+@needs_ext
+def test_hashes_agree_on_every_length_and_byte() -> None:
+    keys = [bytes(range(n)) for n in range(40)] + [bytes([b]) * 13 for b in range(256)]
+    for name in C_HASHES:
+        compiled, pure = getattr(_speedups, name), hashing.PY_HASHES[name]
+        assert [compiled(k) for k in keys] == [pure(k) for k in keys], name
+
+
+def _servers(n: int, weights: list[int]) -> list[tuple[bytes, int]]:
+    return [(b"10.0.0.%d:6379" % i, weights[i % len(weights)]) for i in range(n)]
+
+
+TAGS = st.sampled_from([None, b"{}", b"$$", b"{", b"ab", b":x"])
+TAGGED_KEYS = st.one_of(KEYS, st.lists(st.sampled_from([b"{", b"}", b"$", b"a", b"b", b":", b"x"]),
+                                       max_size=12).map(b"".join))
+
+
+@needs_ext
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["ketama", "modula"]), st.sampled_from(list(hashing.HASHES)),
+       TAGS, st.integers(2, 6), st.lists(st.integers(1, 5), min_size=1, max_size=3),
+       st.lists(st.booleans(), min_size=6, max_size=6), st.lists(TAGGED_KEYS, max_size=30))
+def test_routers_agree(dist: str, hash_name: str, tag: bytes | None, n: int,
+                       weights: list[int], live: list[bool], keys: list[bytes]) -> None:
+    live = live[:n]
+    if not any(live):
+        live[0] = True
+    cont = build_continuum(dist, _servers(n, weights), live)
+    make = {"ketama": (_speedups.ketama_router, pool._py_ketama_router),
+            "modula": (_speedups.modula_router, pool._py_modula_router)}[dist]
+    for fn in {hashing.HASHES[hash_name], hashing.PY_HASHES[hash_name]}:
+        compiled = make[0](cont, fn, tag)
+        pure = make[1](cont, hashing.PY_HASHES[hash_name], tag)
+        assert [compiled(k) for k in keys] == [pure(k) for k in keys]
+
+
+@needs_ext
+def test_router_with_a_python_hash_and_an_empty_continuum() -> None:
+    calls: list[bytes] = []
+
+    def odd_hash(key: bytes) -> int:
+        calls.append(key)
+        return len(key) * 1000003 & 0xFFFFFFFF
+
+    cont = build_continuum("ketama", _servers(3, [1]), [True] * 3)
+    route = _speedups.ketama_router(cont, odd_hash, b"{}")
+    pure = pool._py_ketama_router(cont, odd_hash, b"{}")
+    for key in (b"", b"a{bc}d", b"{}", b"x" * 50):
+        assert route(key) == pure(key)
+    assert b"bc" in calls and b"" not in calls
+    empty = KetamaContinuum(0, [])  # no points: owners == [-1]
+    assert _speedups.ketama_router(empty, hashing.fnv1a_64, None)(b"k") == -1

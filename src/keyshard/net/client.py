@@ -11,6 +11,9 @@ Rule 3: a client that half-closes (EOF) still gets its pending replies, then is 
         still pair and discard them).
 Rule 4: flow control: reading pauses while the client has more than `MAX_PENDING` requests
         awaiting replies, or while its socket does not drain (`pause_writing`).
+Rule 5: `client_eof` and `client_err` are counted when the connection ends, as nutcracker
+        counts them: an EOF from the client (or QUIT) first, else an error (a failed MGET, a
+        reset); bad input counts client_err at once (nutcracker closes right there).
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ class ClientConn(asyncio.Protocol, Writer):
         self.dirty = False
         self.queue: deque[Request] = deque()
         self.closing = False  # QUIT or protocol error seen: answer what came before, then close
-        self.eof = False
+        self.eof = False  # the client half-closed (FIN)
+        self.quit = False  # QUIT seen: nutcracker counts the close as an EOF too
+        self.failed = False  # closing for an error (failed MGET): counted client_err at the end
+        self.counted = False  # client_err already counted (bad input)
         self.closed = False
         self.read_paused = False
         self.write_paused = False
@@ -81,14 +87,15 @@ class ClientConn(asyncio.Protocol, Writer):
         if self.parser.error is not None and not self.closing:
             if log.isEnabledFor(logging.INFO):
                 log.info("client protocol error: %s", self.parser.error)
+            # nutcracker closes right at the bad input, before it could read an EOF
             self.runtime.stats.client_err += 1
+            self.counted = True
             self.close_after_replies()
         elif len(self.queue) > MAX_PENDING and not self.read_paused:
             self.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.runtime.stats.client_eof += 1
         self.flush()  # replies answered in this iteration are still in wbuf: send them first
         if not self.queue:
             return False  # nothing pending: let the transport close
@@ -96,6 +103,13 @@ class ClientConn(asyncio.Protocol, Writer):
         return True  # keep the write side open for the pending replies (Rule 3)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # counted when the connection ends, as nutcracker: an EOF (or QUIT) first, then errors
+        if self.counted:
+            pass
+        elif self.eof or self.quit:
+            self.runtime.stats.client_eof += 1
+        elif self.failed or exc is not None:
+            self.runtime.stats.client_err += 1
         self.closed = True
         self.closing = True
         self.transport = None
@@ -116,6 +130,7 @@ class ClientConn(asyncio.Protocol, Writer):
         """Answer a request that never leaves the proxy (PING, AUTH, QUIT)."""
         kind = req.kind
         if kind == KIND_QUIT:
+            self.quit = True
             self.close_after_replies()
             return
         if kind == KIND_AUTH:
@@ -162,8 +177,7 @@ class ClientConn(asyncio.Protocol, Writer):
         """The marked reply is written: close once this loop iteration's replies are flushed,
         as nutcracker closes a client in error at its next write event."""
         self.close_mark = None
-        if not self.eof:
-            self.runtime.stats.client_err += 1
+        self.failed = True
         self.runtime.loop.call_soon(self.close)
 
     def req_failed(self, req: Request, reply: bytes) -> None:

@@ -190,8 +190,7 @@ class SplitOwner:
                 # nutcracker closes within this read, or at the client's next event, which is
                 # a read (its EOF), before any write: nothing more is sent (Rule 5)
                 client.wbuf = []
-                if not client.eof:
-                    runtime.stats.client_err += 1
+                client.failed = True
                 client.close()
                 return
             if client.close_mark is None:

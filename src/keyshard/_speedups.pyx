@@ -9,9 +9,11 @@ their end, unless `KEYSHARD_NO_EXTENSIONS=1` (see `keyshard.speedups_enabled`).
 
     twin                                 reference
     RedisRequestParser, RedisReplyParser keyshard.protocol.redis        (_speedups_redis.pxi)
-    MemcacheRequestParser,
-    MemcacheReplyParser                  keyshard.protocol.memcache     (_speedups_memcache.pxi)
-    the 11 hashes but md5                keyshard.hashing               (_speedups_hash.pxi)
+    memcache_framers                     keyshard.protocol.memcache     (_speedups_memcache.pxi)
+      (subclasses of its framers with a compiled `_parse`)
+    9 of the 12 hashes                   keyshard.hashing               (_speedups_hash.pxi)
+      (not md5, crc32, crc32a: hashlib's and zlib's C already; the routers have C loops
+      for all but md5)
     ketama_router, modula_router         keyshard.pool._ketama_router / _modula_router
 
 Rule 1: a twin behaves bit for bit like its reference: the same frames, the same `error`
@@ -162,4 +164,5 @@ cdef inline bint _isdigit(unsigned char c) noexcept nogil:
 
 
 include "_speedups_redis.pxi"
+include "_speedups_memcache.pxi"
 include "_speedups_hash.pxi"

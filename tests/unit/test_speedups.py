@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 import keyshard
 from keyshard import hashing, pool
 from keyshard.distribution import KetamaContinuum, build_continuum
-from keyshard.protocol import redis
+from keyshard.protocol import memcache, redis
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, Request
+from tests.unit import test_memcache_props as mc_props
 from tests.unit.test_redis_props import (
     ANY_REPLIES,
     ANY_REQUESTS,
@@ -53,9 +54,11 @@ SETTINGS = settings(max_examples=400, deadline=None,
 
 _PROBE = """
 import keyshard, keyshard.hashing as h, keyshard.pool as p, keyshard.protocol.redis as r
+import keyshard.protocol.memcache as m
 print(keyshard.speedups_in_use(), r.RedisRequestParser.__module__,
       r.RedisReplyParser.__module__, type(h.HASHES['fnv1a_64']).__name__,
-      p._ketama_router.__module__)
+      p._ketama_router.__module__, m.MemcacheRequestParser.__module__,
+      m.MemcacheReplyParser.__module__)
 """
 
 
@@ -83,28 +86,35 @@ def test_this_run_uses_what_it_expects() -> None:
     assert (pool._modula_router is not pool._py_modula_router) == compiled
     assert redis.CODEC.request_parser().__class__ is redis.RedisRequestParser
     assert redis.CODEC.reply_parser().__class__ is redis.RedisReplyParser
+    assert (memcache.MemcacheRequestParser is not memcache.PyMemcacheRequestParser) == compiled
+    assert (memcache.MemcacheReplyParser is not memcache.PyMemcacheReplyParser) == compiled
+    assert type(memcache.CODEC.request_parser()) is memcache.MemcacheRequestParser
+    assert type(memcache.CODEC.reply_parser()) is memcache.MemcacheReplyParser
 
 
 def test_no_extensions_forces_pure_python() -> None:
     assert _probe(KEYSHARD_NO_EXTENSIONS="1") == [
         "False", "keyshard.protocol.redis", "keyshard.protocol.redis", "function",
-        "keyshard.pool"]
+        "keyshard.pool", "keyshard.protocol.memcache", "keyshard.protocol.memcache"]
 
 
 @needs_ext
 def test_the_extension_is_used_by_default() -> None:
-    assert _probe() == ["True", "keyshard._speedups", "keyshard._speedups", "cython_function_or_method",
+    assert _probe() == ["True", "keyshard._speedups", "keyshard._speedups",
+                        "cython_function_or_method", "keyshard._speedups", "keyshard._speedups",
                         "keyshard._speedups"]
 
 
 @needs_ext
 def test_the_existing_tests_see_the_selected_classes() -> None:
     """tests/unit/test_redis_codec.py etc. import by name, so they test what is selected."""
-    from tests.unit import test_hashing, test_redis_codec, test_redis_props
+    from tests.unit import test_hashing, test_memcache_codec, test_redis_codec, test_redis_props
 
     assert test_redis_codec.RedisRequestParser is redis.RedisRequestParser
     assert test_redis_props.RedisReplyParser is redis.RedisReplyParser
     assert test_hashing.fnv1a_64 is hashing.HASHES["fnv1a_64"]
+    assert mc_props.MemcacheRequestParser is memcache.MemcacheRequestParser
+    assert test_memcache_codec.CODEC.request_parser().__class__ is memcache.MemcacheRequestParser
 
 
 def test_version_says_which() -> None:
@@ -266,6 +276,75 @@ def test_framers_stop_after_an_error() -> None:
         assert parser.feed(b"*1\r\n$4\r\nPING\r\n") == []
     with pytest.raises(ValueError):
         _speedups.RedisRequestParser(0)
+
+
+# memcache: subclasses of the reference with a compiled `_parse` (made here, whatever the mode)
+if _speedups is not None:
+    MC_REQUEST, MC_REPLY = _speedups.memcache_framers(
+        memcache.PyMemcacheRequestParser, memcache.PyMemcacheReplyParser,
+        memcache.LINE_REPLIES, memcache.TEXT_PREFIXES)
+
+
+def _mc_steps(cls: Any, chunks: list[bytes], frame: Any) -> list[tuple[Any, ...]]:
+    parser = cls()
+    return [([frame(x) for x in parser.feed(chunk)], parser.error) for chunk in chunks]
+
+
+def _mc_same(stream: bytes, cuts_: list[list[bytes]], request: bool) -> None:
+    ours, ref, frame = ((MC_REQUEST, memcache.PyMemcacheRequestParser, mc_props.req_row)
+                        if request else (MC_REPLY, memcache.PyMemcacheReplyParser, bytes))
+    for chunks in cuts_:
+        got = _mc_steps(ours, chunks, frame)
+        assert got == _mc_steps(ref, chunks, frame)
+        for _, error in got:
+            assert error is None or not error.startswith("internal")
+
+
+MC_WORDS = mc_props.WORDS + [b"get k\r\n", b"get a b\r\n", b"set k 0 0 1\r\n", b" noreply",
+                             b"prepend ", b"append ", b"k" * 250, b"4294967297", b"1\r\nx\r\n"]
+MC_REQUESTS = st.one_of(
+    st.lists(mc_props.requests(), min_size=1, max_size=8).map(lambda rs: b"".join(r for r, _ in rs)),
+    st.lists(st.sampled_from(MC_WORDS), max_size=30).map(b"".join),
+    mc_props.mutated(st.lists(mc_props.requests(), min_size=1, max_size=4).map(
+        lambda rs: b"".join(r for r, _ in rs)), MC_WORDS),
+    st.binary(max_size=120),
+)
+MC_REPLY_WORDS = mc_props.REPLY_WORDS + [b"VALUE k 0 1\r\nx\r\n", b"END\r\n", b"VALUE ",
+                                         b"STORED\r\n", b"4294967297", b"  "]
+MC_REPLIES = st.one_of(
+    st.lists(mc_props.replies(), min_size=1, max_size=8).map(b"".join),
+    st.lists(st.sampled_from(MC_REPLY_WORDS), max_size=30).map(b"".join),
+    mc_props.mutated(st.lists(mc_props.replies(), min_size=1, max_size=4).map(b"".join),
+                     MC_REPLY_WORDS),
+    st.binary(max_size=120),
+)
+
+
+@needs_ext
+@SETTINGS
+@given(MC_REQUESTS, st.data())
+def test_memcache_request_framers_agree(stream: bytes, data: st.DataObject) -> None:
+    _mc_same(stream, [[stream], data.draw(cuts(stream)), [bytes([b]) for b in stream]], True)
+
+
+@needs_ext
+@SETTINGS
+@given(MC_REPLIES, st.data())
+def test_memcache_reply_framers_agree(stream: bytes, data: st.DataObject) -> None:
+    _mc_same(stream, [[stream], data.draw(cuts(stream)), [bytes([b]) for b in stream]], False)
+
+
+@needs_ext
+def test_memcache_framers_agree_on_big_and_long_input() -> None:
+    value = b"v" * 200_000
+    keys = b" ".join(b"k%d" % i for i in range(1500))  # more keys than the compiled fast path
+    requests_ = (b"set k 0 0 200000\r\n" + value + b"\r\n" + b"get " + keys + b"\r\n"
+                 + b"gets " + b"x" * 250 + b"\r\n" + b"get " + b"x" * 251 + b"\r\n")
+    replies = (b"VALUE k 0 200000\r\n" + value + b"\r\n" + b"VALUE a 1 1 99\r\nx\r\nEND\r\n"
+               + b"4294967297 \r\n")
+    for stream, request in ((requests_, True), (replies, False)):
+        _mc_same(stream, [[stream[i:i + size] for i in range(0, len(stream), size)]
+                          for size in (3, 4096, 1 << 20)], request)
 
 
 # --- 3. hashes and routers -------------------------------------------------------------------

@@ -38,6 +38,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from keyshard import speedups_enabled
 from keyshard.protocol.base import KIND_FORWARD, KIND_QUIT, KIND_SPLIT, Request
 from keyshard.protocol.memcache_merge import (
     BAD,
@@ -490,3 +491,16 @@ class MemcacheCodec:
 CODEC = MemcacheCodec()
 
 __all__ = ["CODEC", "MemcacheCodec", "MemcacheReplyParser", "MemcacheRequestParser"]
+
+# The reference framers stay reachable under these names (differential tests, benchmarks).
+PyMemcacheRequestParser = MemcacheRequestParser
+PyMemcacheReplyParser = MemcacheReplyParser
+
+if speedups_enabled():  # subclasses with a compiled `_parse`, if built (keyshard/__init__.py)
+    try:
+        from keyshard._speedups import memcache_framers  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        MemcacheRequestParser, MemcacheReplyParser = memcache_framers(  # type: ignore[misc]
+            MemcacheRequestParser, MemcacheReplyParser, LINE_REPLIES, TEXT_PREFIXES)

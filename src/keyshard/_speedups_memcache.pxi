@@ -1,0 +1,278 @@
+# Included by _speedups.pyx. Twins of the hot loops of keyshard.protocol.memcache.
+#
+# Unlike the Redis twins these are subclasses of the reference framers, made by
+# `memcache_framers` (called by protocol.memcache itself, so this module never imports it):
+# only `_parse`, the loop with the anchored fast paths, is compiled. Every line it does not
+# match in the usual spelling goes to the reference's own methods (`_general`, `_data_end`,
+# `_scan`, ...), so the grammar and its error texts have one implementation.
+#
+# The matchers below are the reference's regexes, written out; each is deterministic (no
+# backtracking changes the outcome), which is what makes a single left-to-right scan exact:
+#   _GET1    (gets?) ([^ \r]{1,250})\r\n
+#   _GETN    (gets?)((?: [^ \r]{1,250}){2,})\r\n
+#   _STORE1  (set|add|replace|append|prepend) ([^ \r]{1,250}) [0-9]+ [0-9]+ ([0-9]+)( noreply)?\r\n
+#   BLOCK    VALUE +[^ ]+ +[0-9]+ +([0-9]+)(?=[ \r])[^\r]*\r\n
+
+cdef enum:
+    MC_MAX_KEY = 250
+    MC_MAX_KEYS = 1024  # keys of one fast multi-get (more: the reference's general path)
+
+cdef int _KIND_FORWARD = _base.KIND_FORWARD
+cdef int _KIND_QUIT = _base.KIND_QUIT
+cdef object _MC_VERBS = (b"get", b"gets", b"set", b"add", b"replace", b"append", b"prepend")
+cdef tuple _MC_LINES = ()  # memcache.LINE_REPLIES
+cdef tuple _MC_TEXT = ()  # memcache.TEXT_PREFIXES
+
+
+cdef inline Py_ssize_t _mc_key(const unsigned char* b, Py_ssize_t p, Py_ssize_t n) noexcept:
+    """End of the `[^ \\r]` run at `p`, at most MC_MAX_KEY long; -1 if empty."""
+    cdef Py_ssize_t e = p
+    cdef Py_ssize_t lim = p + MC_MAX_KEY if p + MC_MAX_KEY < n else n
+    while e < lim and b[e] != 32 and b[e] != 13:
+        e += 1
+    return e if e > p else -1
+
+
+cdef inline Py_ssize_t _mc_digits(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
+                                  uint32_t* value) noexcept:
+    """End of the `[0-9]+` run at `p` (its value modulo 2**32 in `value`); -1 if empty."""
+    cdef Py_ssize_t e = p
+    cdef uint32_t v = 0
+    while e < n and _isdigit(b[e]):
+        v = v * <uint32_t>10 + (b[e] - 48)
+        e += 1
+    value[0] = v
+    return e if e > p else -1
+
+
+cdef inline bint _mc_at(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
+                        const char* word, Py_ssize_t size) noexcept:
+    return p + size <= n and memcmp(b + p, word, size) == 0
+
+
+cdef inline int _mc_store_verb(const unsigned char* b, Py_ssize_t p, Py_ssize_t n) noexcept:
+    """Index in _MC_VERBS of the storage verb at `p` followed by a space, or -1."""
+    cdef unsigned char c = b[p]
+    if c == 115 and _mc_at(b, p, n, "set ", 4):
+        return 2
+    if c == 97:
+        if _mc_at(b, p, n, "add ", 4):
+            return 3
+        if _mc_at(b, p, n, "append ", 7):
+            return 5
+    elif c == 114 and _mc_at(b, p, n, "replace ", 8):
+        return 4
+    elif c == 112 and _mc_at(b, p, n, "prepend ", 8):
+        return 6
+    return -1
+
+
+def _mc_request_parse(self, data):
+    """MemcacheRequestParser._parse, compiled (see the top of this file)."""
+    cdef bytes buf = _as_bytes(data)
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t pos = 0, q, k, e, end, mend, nkeys, vq
+    cdef Py_ssize_t starts[MC_MAX_KEYS]
+    cdef Py_ssize_t ends[MC_MAX_KEYS]
+    cdef int verb
+    cdef uint32_t vlen, ignored
+    cdef bint noreply
+    cdef list out = []
+    cdef list keys
+    while pos < n:
+        if b[pos] == 103 and _mc_at(b, pos, n, "get", 3):  # get / gets
+            q = pos + 3
+            verb = 0
+            if q + 1 < n and b[q] == 115 and b[q + 1] == 32:
+                verb = 1
+                q += 1
+            nkeys = 0
+            while q < n and b[q] == 32 and nkeys < MC_MAX_KEYS:
+                e = _mc_key(b, q + 1, n)
+                if e < 0 or e >= n:
+                    break
+                starts[nkeys] = q + 1
+                ends[nkeys] = e
+                nkeys += 1
+                q = e
+                if b[e] == 13:
+                    break
+            if nkeys and q + 1 < n and b[q] == 13 and b[q + 1] == 10:
+                end = q + 2
+                if nkeys == 1:  # _GET1
+                    PyList_Append(out, _new_request(
+                        _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb],
+                        _slice(buf, starts[0], ends[0]), None, False))
+                else:  # _GETN
+                    keys = [_slice(buf, starts[k], ends[k]) for k in range(nkeys)]
+                    PyList_Append(out, _new_request(
+                        _slice(buf, pos, end), _KIND_SPLIT, _MC_VERBS[verb], keys[0], keys,
+                        False))
+                pos = end
+                continue
+        else:
+            verb = _mc_store_verb(b, pos, n)
+            if verb >= 0:  # _STORE1
+                k = pos + len(<bytes>_MC_VERBS[verb]) + 1
+                e = _mc_key(b, k, n)
+                q = -1
+                if 0 < e < n and b[e] == 32:
+                    q = _mc_digits(b, e + 1, n, &ignored)
+                if 0 < q < n and b[q] == 32:
+                    q = _mc_digits(b, q + 1, n, &ignored)
+                vq = -1
+                if 0 < q < n and b[q] == 32:
+                    vq = q + 1
+                    q = _mc_digits(b, vq, n, &vlen)
+                mend = -1
+                noreply = False
+                if 0 < q and vq > 0:
+                    if q + 1 < n and b[q] == 13 and b[q + 1] == 10:
+                        mend = q + 2
+                    elif _mc_at(b, q, n, " noreply\r\n", 10):
+                        mend = q + 10
+                        noreply = True
+                if mend > 0:
+                    end = mend + vlen + 2
+                    if end > n or b[end - 2] != 13 or b[end - 1] != 10:  # cut, or bad
+                        end = self._data_end(buf, pos, mend, _slice(buf, vq, q))
+                        if end < 0:
+                            break
+                    PyList_Append(out, _new_request(
+                        _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb],
+                        _slice(buf, k, e), None, noreply))
+                    pos = end
+                    continue
+        req = self._general(buf, pos, n)
+        if req is None:
+            break
+        PyList_Append(out, req)
+        if req.kind == _KIND_QUIT:
+            self._stop()  # nutcracker reads nothing after quit
+            break
+        pos += len(req.raw)
+    return out
+
+
+cdef inline bint _mc_one_line(const unsigned char* b, Py_ssize_t p, Py_ssize_t cr) noexcept:
+    """`line in LINE_REPLIES or line.isdigit() or line.startswith(TEXT_PREFIXES)`."""
+    cdef Py_ssize_t size = cr - p, i
+    cdef bytes word
+    for word in _MC_LINES:
+        if PyBytes_GET_SIZE(word) == size and memcmp(b + p, PyBytes_AS_STRING(word), size) == 0:
+            return True
+    if size > 0:
+        i = p
+        while i < cr and _isdigit(b[i]):
+            i += 1
+        if i == cr:
+            return True
+    for word in _MC_TEXT:
+        if PyBytes_GET_SIZE(word) <= size and memcmp(
+                b + p, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word)) == 0:
+            return True
+    return False
+
+
+cdef Py_ssize_t _mc_block(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
+                          uint32_t* vlen) noexcept:
+    """End of a BLOCK header match at `p` (its data length in `vlen`), or -1."""
+    cdef Py_ssize_t q = p + 5, s
+    cdef uint32_t ignored
+    cdef const unsigned char* cr
+    if not _mc_at(b, p, n, "VALUE", 5):
+        return -1
+    s = q
+    while q < n and b[q] == 32:
+        q += 1
+    if q == s:
+        return -1
+    s = q
+    while q < n and b[q] != 32:  # the key: anything up to a space
+        q += 1
+    if q == s or q >= n:
+        return -1
+    s = q
+    while q < n and b[q] == 32:
+        q += 1
+    q = _mc_digits(b, q, n, &ignored)
+    if q < 0 or q >= n or b[q] != 32:
+        return -1
+    s = q
+    while q < n and b[q] == 32:
+        q += 1
+    q = _mc_digits(b, q, n, vlen)
+    if q < 0 or q >= n or (b[q] != 32 and b[q] != 13):
+        return -1
+    cr = <const unsigned char*>memchr(b + q, 13, n - q)
+    if cr == NULL or cr - b + 1 >= n or cr[1] != 10:
+        return -1
+    return cr - b + 2
+
+
+cdef object _mc_values(object self, bytes buf, const unsigned char* b, Py_ssize_t start,
+                       Py_ssize_t n):
+    """MemcacheReplyParser._values: VALUE blocks in the usual spelling, then END."""
+    cdef Py_ssize_t p = start, mend, stop
+    cdef uint32_t vlen
+    while True:
+        mend = _mc_block(b, p, n, &vlen)
+        if mend < 0:
+            break
+        stop = mend + vlen
+        if stop + 1 >= n or b[stop] != 13 or b[stop + 1] != 10:
+            break
+        p = stop + 2
+        if _mc_at(b, p, n, "END\r\n", 5):
+            return p + 5
+        if not _mc_at(b, p, n, "VALUE ", 6):
+            break
+    return self._scan(buf, start, p, n)
+
+
+def _mc_reply_parse(self, data):
+    """MemcacheReplyParser._parse, compiled (see the top of this file)."""
+    cdef bytes buf = _as_bytes(data)
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t pos = 0, end, cr
+    cdef const unsigned char* c
+    cdef list out = []
+    while pos < n:
+        end = -1
+        if self._resume:
+            resume = self._resume
+            self._resume = 0
+            end = self._scan(buf, pos, pos + resume, n)
+        elif b[pos] == 86 and _mc_at(b, pos, n, "VALUE ", 6):
+            end = _mc_values(self, buf, b, pos, n)
+        else:
+            c = <const unsigned char*>memchr(b + pos, 13, n - pos)
+            if c != NULL:
+                cr = c - b
+                if cr < n - 1 and b[cr + 1] == 10 and _mc_one_line(b, pos, cr):
+                    end = cr + 2
+            if end < 0:
+                end = self._scan(buf, pos, pos, n)
+        if end < 0:
+            break
+        PyList_Append(out, _slice(buf, pos, end))
+        pos = end
+    return out
+
+
+def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
+    """(MemcacheRequestParser, MemcacheReplyParser) whose `_parse` is compiled: subclasses
+    of the reference classes given, which keep every other method."""
+    global _MC_LINES, _MC_TEXT
+    _MC_LINES = tuple(sorted(line_replies))
+    _MC_TEXT = tuple(text_prefixes)
+    made = []
+    for base, parse in ((request_base, _mc_request_parse), (reply_base, _mc_reply_parse)):
+        made.append(type(base.__name__, (base,), {
+            "__slots__": (), "__module__": __name__, "__qualname__": base.__qualname__,
+            "__doc__": f"{base.__doc__}\n\n(compiled `_parse`: keyshard._speedups)",
+            "_parse": parse,
+        }))
+    return tuple(made)

@@ -9,6 +9,7 @@ their end, unless `KEYSHARD_NO_EXTENSIONS=1` (see `keyshard.speedups_enabled`).
 
     twin                                 reference
     RedisRequestParser, RedisReplyParser keyshard.protocol.redis        (_speedups_redis.pxi)
+    split, merge                         keyshard.protocol.redis_merge  (_speedups_merge.pxi)
     memcache_framers                     keyshard.protocol.memcache     (_speedups_memcache.pxi)
       (subclasses of its framers with a compiled `_parse`)
     9 of the 12 hashes                   keyshard.hashing               (_speedups_hash.pxi)
@@ -36,7 +37,7 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport uint32_t, uint64_t, int32_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
 from keyshard.protocol import base as _base
 
@@ -165,4 +166,5 @@ cdef inline bint _isdigit(unsigned char c) noexcept nogil:
 
 include "_speedups_redis.pxi"
 include "_speedups_memcache.pxi"
+include "_speedups_merge.pxi"
 include "_speedups_hash.pxi"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import keyshard
 from keyshard import hashing, pool
 from keyshard.distribution import KetamaContinuum, build_continuum
-from keyshard.protocol import memcache, redis
+from keyshard.protocol import memcache, redis, redis_merge
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, Request
 from tests.unit import test_memcache_props as mc_props
 from tests.unit.test_redis_props import (
@@ -84,6 +84,8 @@ def test_this_run_uses_what_it_expects() -> None:
     assert (hashing.fnv1a_64 is hashing.HASHES["fnv1a_64"])
     assert (pool._ketama_router is not pool._py_ketama_router) == compiled
     assert (pool._modula_router is not pool._py_modula_router) == compiled
+    assert (redis_merge.split is not redis_merge.py_split) == compiled
+    assert (redis.RedisCodec.merge is not redis_merge.py_merge) == compiled
     assert redis.CODEC.request_parser().__class__ is redis.RedisRequestParser
     assert redis.CODEC.reply_parser().__class__ is redis.RedisReplyParser
     assert (memcache.MemcacheRequestParser is not memcache.PyMemcacheRequestParser) == compiled
@@ -276,6 +278,91 @@ def test_framers_stop_after_an_error() -> None:
         assert parser.feed(b"*1\r\n$4\r\nPING\r\n") == []
     with pytest.raises(ValueError):
         _speedups.RedisRequestParser(0)
+
+
+# split / merge of multi-key Redis requests
+
+SPLIT_CMDS = [b"mget", b"del", b"touch", b"unlink", b"mset"]
+SPLIT_KEYS = st.lists(st.one_of(st.sampled_from([b"a", b"b", b"c", b"", b"k" * 300]),
+                                st.binary(max_size=20)), min_size=2, max_size=12)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return "ok", fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the same exception, type and text, is the point
+        return type(exc).__name__, str(exc)
+
+
+def _split_request(cmd: bytes, keys: list[bytes]) -> Request:
+    args = [x for k in keys for x in (k, b"v" + k)] if cmd == b"mset" else keys
+    raw = b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(cmd), cmd) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    (req,) = redis.PyRedisRequestParser().feed(raw)
+    assert req.kind == KIND_SPLIT
+    return req
+
+
+def _bulk_of(value: bytes | None, zeros: int) -> bytes:
+    return b"$-1\r\n" if value is None else b"$%s%d\r\n%s\r\n" % (b"0" * zeros, len(value), value)
+
+
+@st.composite
+def fragment_replies(draw: st.DrawFn, cmd: bytes, count: int) -> bytes:
+    """A fragment's reply: usually the right shape, sometimes anything a server may send."""
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.one_of(REPLY, st.sampled_from(
+            [b"-ERR boom\r\n", b"*-1\r\n", b"*%d\r\n" % (count + 1) + b"$-1\r\n" * (count + 1),
+             b":-3\r\n", b":12-1\r\n", b"+OK\r\n", b"$4294967297\r\na\r\n"])))
+    if cmd == b"mget":
+        values = draw(st.lists(st.one_of(st.none(), st.binary(max_size=30)),
+                               min_size=count, max_size=count))
+        head = b"*%s%d\r\n" % (b"0" * draw(st.integers(0, 1)), count)
+        return head + b"".join(_bulk_of(v, draw(st.integers(0, 1))) for v in values)
+    if cmd == b"mset":
+        return draw(st.sampled_from([b"+OK\r\n", b":1\r\n"]))
+    return b":%d\r\n" % draw(st.integers(-(2**33), 2**33))
+
+
+@needs_ext
+@SETTINGS
+@given(st.sampled_from(SPLIT_CMDS), SPLIT_KEYS, st.integers(1, 4), st.data())
+def test_split_and_merge_agree(cmd: bytes, keys: list[bytes], nservers: int,
+                               data: st.DataObject) -> None:
+    req = _split_request(cmd, keys)
+    place = {k: hashing.PY_HASHES["fnv1a_64"](k) % nservers for k in keys}.__getitem__
+    frags, ctx = _speedups.split(req, place)
+    assert (frags, ctx) == redis_merge.py_split(req, place)
+    counts = [ctx.count(i) for i in range(len(frags))]
+    replies = [data.draw(fragment_replies(cmd, c)) for c in counts]
+    assert _outcome(_speedups.merge, req, ctx, replies) == _outcome(
+        redis_merge.py_merge, req, ctx, replies)
+
+
+@needs_ext
+def test_merge_agrees_off_the_usual_path() -> None:
+    req = _split_request(b"mget", [b"a", b"b", b"c"])
+    cases = [
+        ([0, 0, 0], [b"*3\r\n$1\r\nx\r\n$-1\r\n$0\r\n\r\n"]),
+        ([0, 1, 0], [b"*2\r\n$1\r\nx\r\n$-1\r\n", b"*1\r\n$2\r\nyy\r\n"]),
+        ([0, 0], [b"*2\r\n$\r\n\r\n$1\r\nx\r\n"]),  # a header without digits
+        ([0], [b"*1\r\n$5\r\nab\r\n"]),  # a length past the end
+        ([0], [b"*1\r\n$-1"]), ([0], [b"*1\r\n$"]), ([0], [b"*1\r\n"]), ([0], [b"*1"]),
+        ([0], [b"*x\r\n"]), ([0], [b"\r\n"]), ([0], [b""]), ([0], [None]),
+        ([0], [b"*1\r\n$ 1\r\nx\r\n"]), ([0], [b"*1\r\n$1_0\r\n" + b"x" * 10 + b"\r\n"]),
+        ([-1], [b"*1\r\n$-1\r\n"]), ([1], [b"*1\r\n$-1\r\n"]),
+        ([0], [b"*1\r\n$1\r\nx\r\n", b"*0\r\n"]),
+    ]
+    for ctx, replies in cases:
+        assert _outcome(_speedups.merge, req, ctx, replies) == _outcome(
+            redis_merge.py_merge, req, ctx, replies), (ctx, replies)
+    for cmd in (b"del", b"mset"):
+        other = _split_request(cmd, [b"a", b"b"])
+        for replies in ([b":1\r\n", b":-2\r\n"], [b"+OK\r\n", b"-ERR x\r\n"], [b""]):
+            assert _outcome(_speedups.merge, other, [0, 1], replies) == _outcome(
+                redis_merge.py_merge, other, [0, 1], replies)
+    assert _outcome(_speedups.split, Request(b"", KIND_FORWARD, b"get", b"k"), len) == _outcome(
+        redis_merge.py_split, Request(b"", KIND_FORWARD, b"get", b"k"), len)
 
 
 # memcache: subclasses of the reference with a compiled `_parse` (made here, whatever the mode)

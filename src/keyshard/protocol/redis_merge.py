@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from keyshard import speedups_enabled
+
 from .base import MergeError, Request
 
 _MASK32: Final = 0xFFFFFFFF
@@ -228,3 +230,17 @@ def server_handshake(password: bytes | None, db: int) -> list[bytes]:
         digits = b"%d" % db
         out.append(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(digits), digits))
     return out
+
+
+# The reference split and merge stay reachable here (differential tests, benchmarks).
+py_split = split
+py_merge = merge
+
+if speedups_enabled():  # their compiled twins, if built (keyshard/__init__.py)
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef,assignment]
+            merge,
+            split,
+        )
+    except ImportError:
+        pass

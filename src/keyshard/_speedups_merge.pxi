@@ -1,0 +1,225 @@
+# Included by _speedups.pyx. Twins of keyshard.protocol.redis_merge.split and .merge (MGET,
+# DEL, TOUCH, UNLINK, MSET): fragments and merged replies are built with one allocation each,
+# from spans of the original bytes, instead of one formatted bytes object per key.
+#
+# redis_merge is read lazily (its fragment heads, and its own `_u32` / `_bulks` for inputs off
+# the usual path), because it imports this module at its end.
+
+from cpython.bytes cimport PyBytes_Check
+from libc.stdlib cimport malloc
+
+cdef object _MergeError = _base.MergeError
+cdef object _rm = None  # keyshard.protocol.redis_merge, once loaded
+
+
+cdef object _redis_merge():
+    global _rm
+    if _rm is None:
+        from keyshard.protocol import redis_merge
+        _rm = redis_merge
+    return _rm
+
+
+cdef inline Py_ssize_t _ndigits(Py_ssize_t v) noexcept nogil:
+    cdef Py_ssize_t n = 1
+    while v >= 10:
+        v //= 10
+        n += 1
+    return n
+
+
+cdef inline char* _put_int(char* w, Py_ssize_t v) noexcept nogil:
+    """Write `v` (>= 0) in decimal at `w`; return the end."""
+    cdef Py_ssize_t n = _ndigits(v), i
+    for i in range(n - 1, -1, -1):
+        w[i] = <char>(48 + v % 10)
+        v //= 10
+    return w + n
+
+
+cdef inline char* _put(char* w, const char* s, Py_ssize_t n) noexcept nogil:
+    memcpy(w, s, n)
+    return w + n
+
+
+cdef object _u32_of(bytes buf, Py_ssize_t a, Py_ssize_t b):
+    """redis_merge._u32(buf[a:b]): digits folded modulo 2**32 (anything else: the reference)."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef uint32_t v = 0
+    cdef Py_ssize_t i
+    for i in range(a, b):
+        if not _isdigit(s[i]):
+            return _redis_merge()._u32(buf[a:b])
+        v = v * <uint32_t>10 + (s[i] - 48)
+    return v
+
+
+def split(req, route):
+    """Twin of redis_merge.split: [(server index, fragment bytes)] and the merge context."""
+    cdef object args = req.args
+    cdef object cmd = req.cmd
+    cdef dict heads = _redis_merge()._HEADS
+    cdef Py_ssize_t step, nargs, i, j, f, size, nel
+    cdef dict frag_of = {}
+    cdef list servers = [], members = [], order = [], frags = []
+    cdef list group
+    cdef bytes head, item, out
+    cdef char* w
+    if args is None or cmd not in heads:
+        raise AssertionError(req)
+    step = 2 if cmd == b"mset" else 1
+    nargs = len(args)
+    for i in range(0, nargs, step):
+        server = route(args[i])
+        f_obj = frag_of.get(server)
+        if f_obj is None:
+            f_obj = frag_of[server] = len(servers)
+            servers.append(server)
+            members.append([])
+        group = members[<Py_ssize_t>f_obj]
+        group.append(args[i])
+        if step == 2:
+            group.append(args[i + 1])
+        order.append(f_obj)
+    head = heads[cmd]
+    for f in range(len(servers)):
+        group = members[f]
+        nel = len(group)
+        size = 3 + _ndigits(nel + 1) + PyBytes_GET_SIZE(head)
+        for item in group:  # TypeError for a non-bytes argument, as `%s` would
+            size += 5 + _ndigits(PyBytes_GET_SIZE(item)) + PyBytes_GET_SIZE(item)
+        out = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(out)
+        w[0] = 42  # '*'
+        w = _put_int(w + 1, nel + 1)
+        w = _put(w, "\r\n", 2)
+        w = _put(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+        for item in group:
+            w[0] = 36  # '$'
+            w = _put_int(w + 1, PyBytes_GET_SIZE(item))
+            w = _put(w, "\r\n", 2)
+            w = _put(w, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+            w = _put(w, "\r\n", 2)
+        frags.append((servers[f], out))
+    return frags, order
+
+
+cdef Py_ssize_t _find_crlf(const unsigned char* s, Py_ssize_t p, Py_ssize_t n) noexcept:
+    cdef const unsigned char* c
+    while p < n:
+        c = <const unsigned char*>memchr(s + p, 13, n - p)
+        if c == NULL:
+            return -1
+        p = c - s
+        if p + 1 < n and s[p + 1] == 10:
+            return p
+        p += 1
+    return -1
+
+
+cdef int _bulk_spans(bytes reply, Py_ssize_t count, Py_ssize_t* starts,
+                     Py_ssize_t* ends) except -1:
+    """redis_merge._bulks as spans: 0 when done; 1 when the input is off the usual path (the
+    caller then asks the reference, which says exactly what is wrong)."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(reply)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(reply)
+    cdef Py_ssize_t i, p, j, k, end
+    i = _find_crlf(s, 0, n)
+    if i < 1 or s[0] != 42:
+        return 1
+    for k in range(1, i):
+        if not _isdigit(s[k]):
+            return 1
+    if _u32_of(reply, 1, i) != count:
+        return 1
+    p = i + 2
+    for k in range(count):
+        if p + 1 >= n or s[p] != 36:
+            return 1
+        j = _find_crlf(s, p, n)
+        if j < 0:
+            return 1
+        if s[p + 1] == 45:
+            end = j + 2
+        else:
+            if j == p + 1:
+                return 1
+            end = j + 4 + <Py_ssize_t>_u32_of(reply, p + 1, j)
+        if end > n:
+            return 1
+        starts[k] = p
+        ends[k] = end
+        p = end
+    return 0
+
+
+cdef bytes _merge_mget(object ctx, object replies):
+    """redis_merge._merge_mget from spans: `*<number of keys>` then each key's bulk."""
+    cdef list order = list(ctx)
+    cdef list reps = list(replies)
+    cdef Py_ssize_t nrep = len(reps), nkeys = len(order), f, k, size, base
+    cdef Py_ssize_t* counts
+    cdef Py_ssize_t* first
+    cdef Py_ssize_t* taken
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t* ends
+    cdef bytes out, reply
+    cdef char* w
+    cdef int bad
+    counts = <Py_ssize_t*>malloc((3 * nrep + 2 * nkeys + 1) * sizeof(Py_ssize_t))
+    if counts == NULL:
+        raise MemoryError()
+    first = counts + nrep
+    taken = first + nrep
+    starts = taken + nrep
+    ends = starts + nkeys
+    try:
+        for f in range(nrep):
+            counts[f] = 0
+            taken[f] = 0
+        for frag in order:
+            f = frag
+            if not 0 <= f < nrep:  # not a context from `split`: the reference decides
+                return _redis_merge()._merge_mget(ctx, replies)
+            counts[f] += 1
+        base = 0
+        for f in range(nrep):
+            first[f] = base
+            base += counts[f]
+            obj = reps[f]
+            bad = 1
+            if PyBytes_Check(obj):
+                bad = _bulk_spans(<bytes>obj, counts[f], starts + first[f], ends + first[f])
+            if bad:
+                _redis_merge()._bulks(obj, counts[f])  # raises MergeError (or whatever) as the
+                return _redis_merge()._merge_mget(ctx, replies)  # reference; else its answer
+        size = 3 + _ndigits(nkeys)
+        for k in range(nkeys):
+            size += ends[k] - starts[k]
+        out = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(out)
+        w[0] = 42
+        w = _put_int(w + 1, nkeys)
+        w = _put(w, "\r\n", 2)
+        for frag in order:
+            f = frag
+            k = first[f] + taken[f]
+            taken[f] += 1
+            reply = <bytes>reps[f]
+            w = _put(w, PyBytes_AS_STRING(reply) + starts[k], ends[k] - starts[k])
+        return out
+    finally:
+        free(counts)
+
+
+def merge(req, ctx, replies):
+    """Twin of redis_merge.merge: the reply to the client from the fragment replies."""
+    cmd = req.cmd
+    if cmd == b"mget":
+        return _merge_mget(ctx, replies)
+    if cmd == b"mset":
+        for reply in replies:
+            if reply[:1] not in (b"+", b":"):
+                raise _MergeError(f"mset fragment answered {reply[:40]!r}")
+        return b"+OK\r\n"
+    return _redis_merge()._merge_sum(replies)

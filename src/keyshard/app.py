@@ -72,7 +72,8 @@ class Proxy:
         self.flusher = Flusher(loop)
         self.start_time = time.time()
         mbuf = getattr(options, "mbuf_size", 16384)
-        self.runtimes = [PoolRuntime(conf, loop, self.flusher, mbuf) for conf in pools]
+        quirks = getattr(options, "nutcracker_quirks", False)
+        self.runtimes = [PoolRuntime(conf, loop, self.flusher, mbuf, quirks) for conf in pools]
         self.listeners: list[asyncio.AbstractServer] = []
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()  # a second stop signal: no more grace

@@ -50,6 +50,7 @@ class Options:
     pid_file: str | None = None
     mbuf_size: int = 16384
     metrics_addr: tuple[str, int] | None = None  # keyshard only: (host, port) or off
+    nutcracker_quirks: bool = False  # keyshard only: reproduce nutcracker's defects too
 
 
 class UsageError(Exception):
@@ -162,6 +163,8 @@ OPTS: tuple[Opt, ...] = (
         f"buffer chunk size in bytes, {MBUF_MIN_SIZE}..{MBUF_MAX_SIZE}", "16384"),
     Opt(None, "metrics-addr", "host:port", _set_metrics_addr,
         "serve Prometheus metrics on this address", "off"),
+    Opt(None, "nutcracker-quirks", None, _flags("nutcracker_quirks"),
+        "also reproduce the nutcracker defects keyshard fixes (README)"),
 )
 _BY_SHORT = {o.short: o for o in OPTS if o.short}
 
@@ -252,7 +255,7 @@ def usage() -> str:
         f"Usage: {PROG} [-?hVdDt] [-v verbosity level] [-o output file]",
         f"{'':{len(PROG) + 8}}[-c conf file] [-s stats port] [-a stats addr]",
         f"{'':{len(PROG) + 8}}[-i stats interval] [-p pid file] [-m mbuf size]",
-        f"{'':{len(PROG) + 8}}[--metrics-addr host:port]",
+        f"{'':{len(PROG) + 8}}[--metrics-addr host:port] [--nutcracker-quirks]",
         "",
         "Options:",
     ]

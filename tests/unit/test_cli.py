@@ -54,13 +54,15 @@ def test_options_fields_and_defaults() -> None:
     assert [f.name for f in dataclasses.fields(Options)] == [
         "help", "version", "test_conf", "daemonize", "describe_stats", "verbose", "output",
         "conf_file", "stats_port", "stats_addr", "stats_interval", "pid_file", "mbuf_size",
-        "metrics_addr"]
+        "metrics_addr", "nutcracker_quirks"]
     o = parse_args([])
     assert o == Options()
     assert (o.verbose, o.output, o.conf_file, o.stats_port, o.stats_addr) == (
         5, None, "conf/nutcracker.yml", 22222, "0.0.0.0")
     assert (o.stats_interval, o.pid_file, o.mbuf_size, o.metrics_addr) == (30000, None, 16384,
                                                                            None)
+    assert o.nutcracker_quirks is False
+    assert parse_args(["--nutcracker-quirks"]).nutcracker_quirks is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.verbose = 6  # type: ignore[misc]
 

@@ -3,7 +3,9 @@
 Rule 1: every request that expects a reply is appended to `queue` when it is parsed; replies
         are written from the head of `queue` only, so they leave in request order.
 Rule 2: after QUIT or a protocol error nothing more is parsed; the connection closes once the
-        earlier requests are answered (nutcracker's behaviour for bad input). After the reply
+        earlier requests are answered. (nutcracker closes at once on bad input and drops the
+        replies still pending, those of the same read included; `--nutcracker-quirks` does
+        that too.) After the reply
         marked `close_mark` (a failed MGET, see runtime Rule 5) it closes as soon as that
         reply is written, with whatever replies are ready by the end of the loop iteration.
 Rule 3: a client that half-closes (EOF) still gets its pending replies, then is closed.
@@ -83,14 +85,23 @@ class ClientConn(asyncio.Protocol, Writer):
             return
         reqs = self.parser.feed(data)
         if reqs:
-            self.runtime.dispatch(self, reqs)
+            if self.parser.error is not None and self.runtime.quirks:
+                # nutcracker forwards the requests read with the bad input, answers none
+                written = len(self.wbuf)
+                self.runtime.dispatch(self, reqs)
+                del self.wbuf[written:]
+            else:
+                self.runtime.dispatch(self, reqs)
         if self.parser.error is not None and not self.closing:
             if log.isEnabledFor(logging.INFO):
                 log.info("client protocol error: %s", self.parser.error)
             # nutcracker closes right at the bad input, before it could read an EOF
             self.runtime.stats.client_err += 1
             self.counted = True
-            self.close_after_replies()
+            if self.runtime.quirks:
+                self.abandon()
+            else:
+                self.close_after_replies()
         elif len(self.queue) > MAX_PENDING and not self.read_paused:
             self.pause_reading()
 
@@ -143,6 +154,12 @@ class ClientConn(asyncio.Protocol, Writer):
             raise AssertionError(f"not a local request: {req!r}")
         req.reply = reply
         self.queue.append(req)
+
+    def abandon(self) -> None:
+        """Close now: what is already answered goes out, the pending replies are dropped."""
+        self.closing = True
+        self.queue.clear()
+        self.close()
 
     def close_after_replies(self) -> None:
         self.closing = True

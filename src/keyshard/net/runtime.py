@@ -202,8 +202,9 @@ class SplitOwner:
 
 class PoolRuntime:
     def __init__(self, conf: PoolConf, loop: asyncio.AbstractEventLoop, flusher: Flusher,
-                 mbuf_size: int = 16384) -> None:
+                 mbuf_size: int = 16384, quirks: bool = False) -> None:
         self.conf = conf
+        self.quirks = quirks  # --nutcracker-quirks: reproduce the defects keyshard fixes
         self.loop = loop
         self.flusher = flusher
         self.codec = codec_for(conf)
@@ -213,6 +214,8 @@ class PoolRuntime:
         self.timeout = conf.timeout / 1000.0 if conf.timeout > 0 else 0.0
         self.handshake: list[bytes] = list(self.codec.server_handshake(conf.redis_auth,
                                                                        conf.redis_db))
+        if quirks:  # nutcracker sends SELECT before AUTH (and SELECT then fails)
+            self.handshake.reverse()
         self.slots = [ServerSlot(self, i, s) for i, s in enumerate(conf.servers)]
         self.clients: set[ClientConn] = set()
         self.total_clients = 0
@@ -322,7 +325,8 @@ class PoolRuntime:
 
         frags, req.ctx = self.codec.split(req, place)
         owner = SplitOwner(self, req, len(frags))
-        self.stats.fragments += len(frags)
+        if not self.quirks:  # nutcracker never counts fragments
+            self.stats.fragments += len(frags)
         owner.order = order = sorted(range(len(frags)), key=lambda pos: frags[pos][0])
         route = pool.route
         slots = self.slots

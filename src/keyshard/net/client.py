@@ -171,7 +171,7 @@ class ClientConn(asyncio.Protocol, Writer):
         queue = self.queue
         if not queue or queue[0] is not req:
             return  # an earlier request is still waiting; it will drain this one too
-        write = self.write
+        wbuf = self.wbuf
         observe = self.runtime.observe
         now = self.runtime.loop.time() if observe is not None else 0.0
         while queue:
@@ -180,9 +180,12 @@ class ClientConn(asyncio.Protocol, Writer):
             if reply is None:
                 break
             queue.popleft()
-            write(reply)
+            wbuf.append(reply)  # Writer.write, inlined: once per reply
             if observe is not None:
                 observe(head.cmd, now - head.start)
+        if not self.dirty and wbuf:
+            self.dirty = True
+            self.flusher.mark(self)
         if self.close_mark is not None and self.close_mark not in queue:
             self.close_in_error()
         elif not queue and self.closing:

@@ -65,6 +65,8 @@ class ServerSlot:
         self.next = 0
         self.total_conns = 0
         self.error = ""  # why the last `open` failed at once
+        # the one connection to use without asking `conn()` (server_connections: 1; hot path)
+        self.ready: ServerConn | None = None
 
     def conn(self) -> ServerConn | None:
         """A connection to send on, or None if a new one failed at once (`self.error`)."""
@@ -89,9 +91,13 @@ class ServerSlot:
             self.failed(error)
             return None
         self.conns.append(conn)
+        if self.runtime.conf.server_connections == 1:
+            self.ready = conn
         return conn
 
     def conn_closed(self, conn: ServerConn) -> None:
+        if self.ready is conn:
+            self.ready = None
         try:
             self.conns.remove(conn)
         except ValueError:
@@ -285,10 +291,12 @@ class PoolRuntime:
                     self.forward_failed(req, ECONNREFUSED)
                     continue
                 slot = slots[idx]
-                conn = slot.conn()
+                conn = slot.ready
                 if conn is None:
-                    self.forward_failed(req, slot.error)
-                    continue
+                    conn = slot.conn()
+                    if conn is None:
+                        self.forward_failed(req, slot.error)
+                        continue
                 stats = slot.stats
                 stats.requests += 1
                 stats.request_bytes += len(req.raw)

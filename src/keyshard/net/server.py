@@ -192,7 +192,10 @@ class ServerConn(asyncio.Protocol, Writer):
                 req.deadline = self.runtime.loop.time() + self.timeout
                 if self.timer is None:
                     self.timer = self.runtime.loop.call_at(req.deadline, self.check_timeout)
-        self.write(req.raw)
+        self.wbuf.append(req.raw)  # Writer.write, inlined: once per request
+        if not self.dirty:
+            self.dirty = True
+            self.flusher.mark(self)
 
     def check_timeout(self) -> None:
         self.timer = None
@@ -215,15 +218,20 @@ class ServerConn(asyncio.Protocol, Writer):
             is_failure = self.codec.is_failure_reply
             before = len(outq)
             self.swallowed = 0
+            nbytes = 0
             for reply in replies:
-                if not outq or is_failure(reply):  # a reply nobody asked for, or -LOADING...
+                # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
+                if not outq or (reply[0] == 45 and is_failure(reply)):
+                    stats.responses += before - len(outq)
+                    stats.response_bytes += nbytes
                     self.bad_reply(before - len(outq))
                     return
                 req = outq.popleft()
-                stats.responses += 1
-                stats.response_bytes += len(reply)
+                nbytes += len(reply)
                 req.reply = reply
                 req.owner.req_done(req)
+            stats.responses += before - len(outq)
+            stats.response_bytes += nbytes
             if before - len(outq) > self.swallowed:
                 self.slot.ok()
             if self.timer is not None and not outq:

@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from keyshard import hashing, pool  # noqa: E402
-from keyshard.distribution import build_continuum  # noqa: E402
-from keyshard.protocol import memcache, redis, redis_merge  # noqa: E402
+from keyshard import hashing, pool
+from keyshard.distribution import build_continuum
+from keyshard.protocol import memcache, redis, redis_merge
 
 try:
     from keyshard import _speedups
@@ -60,7 +60,8 @@ def main() -> None:
     keys = [b"key:%012d" % rnd.randrange(100_000) for _ in range(16)]
     print(f"{'ns per frame':34s} {'pure':>9s} {'compiled':>9s} {'speedup':>8s}")
     inputs = [
-        ("redis request: 16 GET", redis, "RedisRequestParser", b"".join(cmd(b"GET", k) for k in keys), 16),
+        ("redis request: 16 GET", redis, "RedisRequestParser",
+         b"".join(cmd(b"GET", k) for k in keys), 16),
         ("redis request: 16 SET 3 B", redis, "RedisRequestParser",
          b"".join(cmd(b"SET", k, b"xxx") for k in keys), 16),
         ("redis request: 1 GET", redis, "RedisRequestParser", cmd(b"GET", keys[0]), 1),
@@ -103,7 +104,7 @@ def main() -> None:
     key = keys[0]
     for name in ("fnv1a_64", "murmur", "jenkins", "one_at_a_time"):
         pure, fast = hashing.PY_HASHES[name], getattr(_speedups, name)
-        row(f"hash {name} (16 B key)", lambda: pure(key), lambda: fast(key), 1, 100_000)
+        row(f"hash {name} (16 B key)", lambda f=pure: f(key), lambda f=fast: f(key), 1, 100_000)
     cont = build_continuum("ketama", [(b"10.0.0.1:6379", 1), (b"10.0.0.2:6379", 1)],
                            [True, True])
     pure_route = pool._py_ketama_router(cont, hashing.PY_HASHES["fnv1a_64"], None)

@@ -260,9 +260,9 @@ _py_modula_router = _modula_router
 
 if speedups_enabled():  # their compiled twins, if built: hash and lookup in one C call
     try:
-        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef,assignment]
-            ketama_router as _ketama_router,
-            modula_router as _modula_router,
-        )
+        from keyshard import _speedups
     except ImportError:
         pass
+    else:
+        _ketama_router = _speedups.ketama_router
+        _modula_router = _speedups.modula_router

@@ -390,7 +390,8 @@ def _mc_same(stream: bytes, cuts_: list[list[bytes]], request: bool) -> None:
 MC_WORDS = mc_props.WORDS + [b"get k\r\n", b"get a b\r\n", b"set k 0 0 1\r\n", b" noreply",
                              b"prepend ", b"append ", b"k" * 250, b"4294967297", b"1\r\nx\r\n"]
 MC_REQUESTS = st.one_of(
-    st.lists(mc_props.requests(), min_size=1, max_size=8).map(lambda rs: b"".join(r for r, _ in rs)),
+    st.lists(mc_props.requests(), min_size=1, max_size=8).map(
+        lambda rs: b"".join(r for r, _ in rs)),
     st.lists(st.sampled_from(MC_WORDS), max_size=30).map(b"".join),
     mc_props.mutated(st.lists(mc_props.requests(), min_size=1, max_size=4).map(
         lambda rs: b"".join(r for r, _ in rs)), MC_WORDS),

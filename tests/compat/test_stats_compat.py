@@ -380,11 +380,20 @@ def test_documented_difference_pipeline_cut_by_a_bad_command(backends: Backends)
 
 
 def test_split_error_after_half_close(backends: Backends) -> None:
-    """MGET with a fragment on a dead server, the client's EOF in the same read: nutcracker
-    reads the EOF first and closes with no reply; keyshard does the same."""
+    """MGET with a fragment on a dead server and the client's FIN right behind it.
+
+    When the FIN is read together with the MGET, nutcracker (and keyshard) close with no
+    reply and count no error; when it comes in a later read, both answer the error and
+    count client_err and forward_error. Which one happens is up to the kernel, so each
+    proxy's reply must be one of the two, with the counters that go with it.
+    """
     def send(port: int, keys: dict[str, list[bytes]]) -> bytes:
         return exchange(port, resp("MGET", keys["s0"][0], keys["s2"][0]), timeout=5)
 
+    outcomes = {b"": (0, 0), b"-ERR Connection refused\r\n": (1, 1)}
     replies, docs = compare_one(backends, send)
-    assert replies["keyshard"] == replies["nutcracker"]
-    assert unexpected(differences(docs["nutcracker"], docs["keyshard"])) == {}
+    for kind in ("nutcracker", "keyshard"):
+        assert replies[kind] in outcomes, (kind, replies[kind])
+        pool = json.loads(docs[kind])["alpha"]
+        counted = (pool["client_err"], pool["forward_error"])
+        assert counted == outcomes[replies[kind]], (kind, counted)

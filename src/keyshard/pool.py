@@ -181,6 +181,13 @@ class ServerPool:
             self._update(now)
         return self._router(key)
 
+    def router(self, now: float) -> Router:
+        """`route` split in two for a batch of keys at the same `now`: the rebuild check once,
+        then the returned function per key (valid until the next failure or success)."""
+        if now > self._next_rebuild:
+            self._update(now)
+        return self._router
+
     def group(self, key: bytes) -> int:
         """The server of `key` on the current continuum, never rebuilding it (Rule 6)."""
         return self._group(key)

@@ -46,6 +46,7 @@ RESUME_PENDING = MAX_PENDING // 2
 
 
 class ClientConn(asyncio.Protocol, Writer):
+    batched = True  # a server sets the replies of one read, then calls drain() once (server.py)
     def __init__(self, runtime: PoolRuntime) -> None:
         self.runtime = runtime
         self.flusher = runtime.flusher
@@ -171,6 +172,12 @@ class ClientConn(asyncio.Protocol, Writer):
         queue = self.queue
         if not queue or queue[0] is not req:
             return  # an earlier request is still waiting; it will drain this one too
+        self.drain()
+
+    def drain(self) -> None:
+        """Write every finished reply at the head of the queue (servers call this once per
+        read for each client they answered: `batched`)."""
+        queue = self.queue
         wbuf = self.wbuf
         observe = self.runtime.observe
         now = self.runtime.loop.time() if observe is not None else 0.0

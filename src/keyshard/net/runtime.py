@@ -132,6 +132,8 @@ class ServerSlot:
 class SplitOwner:
     """Collects the fragment replies of one split request (Rules 4, 5)."""
 
+    batched = False  # told of each fragment reply at once (req_done)
+
     __slots__ = ("runtime", "parent", "replies", "pending", "errors", "order", "splitting")
 
     def __init__(self, runtime: PoolRuntime, parent: Request, nfrags: int) -> None:
@@ -278,7 +280,10 @@ class PoolRuntime:
         if self.observe is not None:
             for req in reqs:
                 req.start = now
-        route = self.pool.route
+        pool = self.pool
+        # the rebuild check once per read, not per request; fetched when a forward first needs
+        # it (a split must group its keys on the continuum as it stands: runtime Rule 4)
+        route = None
         slots = self.slots
         for req in reqs:
             kind = req.kind
@@ -286,7 +291,9 @@ class PoolRuntime:
                 req.owner = client
                 if not req.noreply:
                     queue.append(req)
-                idx = route(req.key, now)
+                if route is None:
+                    route = pool.router(now)
+                idx = route(req.key)
                 if idx < 0:
                     self.forward_failed(req, ECONNREFUSED)
                     continue
@@ -294,6 +301,7 @@ class PoolRuntime:
                 conn = slot.ready
                 if conn is None:
                     conn = slot.conn()
+                    route = None  # opening may have failed and ejected a server
                     if conn is None:
                         self.forward_failed(req, slot.error)
                         continue
@@ -305,6 +313,7 @@ class PoolRuntime:
                 req.owner = client
                 queue.append(req)
                 self.split(req, now)
+                route = None  # a fragment may have failed and ejected a server
             else:
                 req.owner = client
                 client.local(req)

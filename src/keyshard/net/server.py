@@ -58,6 +58,8 @@ class Swallow:
     """Owner of requests whose reply nobody reads (Rule 4): handshake requests (errors are
     logged) and, as `SWALLOW`, the requests of a client that went away."""
 
+    batched = False  # told of each reply at once (req_done)
+
     def __init__(self, where: str | None = None) -> None:
         self.where = where
 
@@ -219,19 +221,31 @@ class ServerConn(asyncio.Protocol, Writer):
             before = len(outq)
             self.swallowed = 0
             nbytes = 0
+            last = None
+            clients = []  # batched owners answered in this read, drained once each below
             for reply in replies:
                 # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
                 if not outq or (reply[0] == 45 and is_failure(reply)):
                     stats.responses += before - len(outq)
                     stats.response_bytes += nbytes
+                    for client in clients:
+                        client.drain()
                     self.bad_reply(before - len(outq))
                     return
                 req = outq.popleft()
                 nbytes += len(reply)
                 req.reply = reply
-                req.owner.req_done(req)
+                owner = req.owner
+                if owner.batched:
+                    if owner is not last:
+                        last = owner
+                        clients.append(owner)
+                else:
+                    owner.req_done(req)
             stats.responses += before - len(outq)
             stats.response_bytes += nbytes
+            for client in clients:
+                client.drain()
             if before - len(outq) > self.swallowed:
                 self.slot.ok()
             if self.timer is not None and not outq:

@@ -188,6 +188,10 @@ class ServerPool:
             self._update(now)
         return self._router
 
+    def grouper(self) -> Router:
+        """`group` as a function of the key alone (valid until the next rebuild)."""
+        return self._group
+
     def group(self, key: bytes) -> int:
         """The server of `key` on the current continuum, never rebuilding it (Rule 6)."""
         return self._group(key)

@@ -331,7 +331,7 @@ class PoolRuntime:
 
     def split(self, req: Request, now: float) -> None:
         pool = self.pool
-        group = pool.group
+        group = pool.grouper()  # the continuum as it stands, without a rebuild (Rule 4)
         firsts: dict[int, bytes] = {}  # group -> its first key, which routes the fragment
 
         def place(key: bytes) -> int:
@@ -357,7 +357,7 @@ class PoolRuntime:
                 owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
                 continue
             slot = slots[idx]
-            conn = slot.conn()
+            conn = slot.ready or slot.conn()
             if conn is None:
                 owner.req_failed(frag, self.codec.error_reply(slot.error))
                 continue

@@ -114,7 +114,7 @@ def talk(port: int, payload: bytes, half: bool = True, quiet: float = 0.6) -> by
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return out + b"<open>"
             except ConnectionResetError:
                 return out + b"<RST>"

@@ -90,7 +90,7 @@ def read_replies(sock: socket.socket, codec: Any, count: int, timeout: float = 5
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             break
         if not chunk:
             break

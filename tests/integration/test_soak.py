@@ -135,7 +135,7 @@ class Load:
                 self.replies += len(got)
                 self.check(cid, expect, got)
                 await asyncio.sleep(PAUSE * rng.uniform(0.5, 1.5))
-        except (OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError) as err:
             self.lost_connections += 1
             self.problems.append(f"client {cid}: {err!r}")
         finally:

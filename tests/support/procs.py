@@ -118,7 +118,7 @@ class RedisServer(Proc):
         self.port = port or free_port()
         self.extra = list(extra)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self._spawn([
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no", *self.extra,
@@ -142,7 +142,7 @@ class Memcached(Proc):
         self.port = port or free_port()
         self.extra = list(extra)
 
-    def start(self) -> "Memcached":
+    def start(self) -> Memcached:
         self._spawn([MEMCACHED, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-u", "root",
                      "-m", "64", *self.extra])
         wait_port(self.port, self.proc)

@@ -55,7 +55,7 @@ class Rig:
         for b in self.backends:
             b.cleanup()
 
-    def __enter__(self) -> "Rig":
+    def __enter__(self) -> Rig:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -83,7 +83,7 @@ def read_until_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout, OSError):
+        except (TimeoutError, ConnectionResetError, OSError):
             break
         if not chunk:
             break

@@ -1,4 +1,5 @@
-"""Builds keyshard's optional compiled accelerator, `keyshard._speedups` (Cython).
+"""Builds keyshard's optional compiled accelerators, `keyshard._speedups` and
+`keyshard._netfast` (the net layer's hot loops), with Cython.
 
 Everything else is in pyproject.toml. The extension is optional: keyshard installs and runs
 its pure-Python code (the reference) when
@@ -53,8 +54,9 @@ def extensions() -> list[Extension]:
         return []
     if not compiler_works():
         return []
-    ext = Extension("keyshard._speedups", ["src/keyshard/_speedups.pyx"], optional=True)
-    return cythonize([ext], language_level=3, quiet=True)
+    exts = [Extension("keyshard._speedups", ["src/keyshard/_speedups.pyx"], optional=True),
+            Extension("keyshard._netfast", ["src/keyshard/_netfast.pyx"], optional=True)]
+    return cythonize(exts, language_level=3, quiet=True)
 
 
 setup(ext_modules=extensions())

@@ -503,3 +503,157 @@ def test_router_with_a_python_hash_and_an_empty_continuum() -> None:
     assert b"bc" in calls and b"" not in calls
     empty = KetamaContinuum(0, [])  # no points: owners == [-1]
     assert _speedups.ketama_router(empty, hashing.fnv1a_64, None)(b"k") == -1
+
+
+# --- 4. the net layer's twins (keyshard._netfast) ------------------------------------------
+
+try:
+    from keyshard import _netfast
+except ImportError:
+    _netfast = None
+
+needs_net = pytest.mark.skipif(_netfast is None and not EXPECTED,
+                               reason="keyshard._netfast is not built")
+
+
+def test_net_twins_selected() -> None:
+    from keyshard.net import client, runtime, server
+
+    compiled = keyshard.speedups_in_use()
+    if EXPECTED:
+        assert _netfast is not None, "the compiled run has no keyshard._netfast (not built?)"
+    assert (runtime.PoolRuntime.dispatch is not runtime.py_dispatch) == compiled
+    assert (server.ServerConn.data_received is not server.py_data_received) == compiled
+    assert (client.ClientConn.drain is not client.py_drain) == compiled
+    assert (client.ClientConn.req_done is not client.py_req_done) == compiled
+    if compiled:
+        assert _netfast is not None and _netfast.request_slots_direct()
+        assert runtime.PoolRuntime.dispatch is _netfast.dispatch
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+
+    def time(self) -> float:
+        return 1.0
+
+    def call_soon(self, cb: Any, *args: Any) -> None:
+        self.soon.append((cb, args))
+
+    def run(self) -> None:
+        while self.soon:
+            cb, args = self.soon.pop(0)
+            cb(*args)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+
+def _cmd(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def _net_transcript(observe: bool) -> list[Any]:
+    """One client, three servers: pipelined forwards, a split, a local request, noreply-free
+    replies in several reads and a failure reply; everything written and counted."""
+    from keyshard.config import PoolConf, ServerConf
+    from keyshard.net.client import ClientConn
+    from keyshard.net.runtime import PoolRuntime
+    from keyshard.net.server import ServerConn
+    from keyshard.net.writer import Flusher
+    from keyshard.stats import counters
+
+    servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
+                          port=7000 + i, weight=1, is_unix=False) for i in range(3)]
+    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
+                    listen_port=22121, redis=True, servers=servers)
+    loop = _Loop()
+    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    seen: list[Any] = []
+    if observe:
+        rt.observe = lambda cmd, secs: seen.append(cmd)
+    conns = []
+    for slot in rt.slots:
+        conn = ServerConn(rt, slot)
+        conn.transport = _Transport()
+        conn.connected = True
+        slot.conns.append(conn)
+        slot.ready = conn
+        conns.append(conn)
+    client = ClientConn(rt)
+    ct = _Transport()
+    client.connection_made(ct)  # type: ignore[arg-type]
+    stream = b"".join([_cmd(b"GET", b"k%d" % i) for i in range(20)]
+                      + [_cmd(b"SET", b"s%d" % i, b"v") for i in range(10)]
+                      + [_cmd(b"MGET", *[b"m%d" % i for i in range(8)]), _cmd(b"PING")]
+                      + [_cmd(b"GET", b"z%d" % i) for i in range(10)])
+    client.data_received(stream[:100])
+    client.data_received(stream[100:])
+    loop.run()
+    out: list[Any] = [[b"".join(c.transport.out) for c in conns]]
+
+    def answer(conn: ServerConn, fail_at: int = -1) -> bytes:
+        parts = []
+        for n, req in enumerate(conn.outq):
+            if n == fail_at:
+                parts.append(b"-LOADING busy\r\n")
+            elif req.cmd == b"mget":
+                nkeys = int(req.raw[1:req.raw.index(b"\r\n")]) - 1
+                parts.append(b"*%d\r\n" % nkeys + b"$2\r\nvv\r\n" * nkeys)
+            elif req.cmd == b"set":
+                parts.append(b"+OK\r\n")
+            else:
+                parts.append(b"$1\r\nv\r\n")
+        return b"".join(parts)
+
+    for i, conn in enumerate(conns):
+        data = answer(conn, fail_at=3 if i == 2 else -1)
+        for cut in range(0, len(data), 37):
+            conn.data_received(data[cut:cut + 37])
+            loop.run()
+            out.append(b"".join(ct.out))
+    out.append([counters(s.stats) for s in rt.slots])
+    out.append(counters(rt.stats))
+    out.append((len(client.queue), client.closing, ct.closed, seen))
+    return out
+
+
+@needs_net
+@pytest.mark.parametrize("observe", [False, True])
+def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyshard.net import client, runtime, server
+
+    assert _netfast is not None
+    compiled = _net_transcript(observe)
+    monkeypatch.setattr(runtime.PoolRuntime, "dispatch", runtime.py_dispatch)
+    monkeypatch.setattr(server.ServerConn, "data_received", server.py_data_received)
+    monkeypatch.setattr(client.ClientConn, "drain", client.py_drain)
+    monkeypatch.setattr(client.ClientConn, "req_done", client.py_req_done)
+    pure = _net_transcript(observe)
+    assert compiled == pure
+    assert len(pure[-3]) > 0

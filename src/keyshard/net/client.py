@@ -26,6 +26,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from keyshard import speedups_enabled
 from keyshard.net.writer import Writer
 from keyshard.protocol.base import (
     KIND_AUTH,
@@ -239,3 +240,22 @@ class ClientConn(asyncio.Protocol, Writer):
 
 
 __all__ = ["ClientConn", "KIND_FORWARD", "KIND_SPLIT"]
+
+# The references stay reachable under these names (tests; the twin calls py_drain when the
+# runtime has an `observe` hook).
+py_drain = ClientConn.drain
+py_req_done = ClientConn.req_done
+
+if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            client_drain as _drain,
+        )
+        from keyshard._netfast import (
+            client_req_done as _req_done,
+        )
+    except ImportError:
+        pass
+    else:
+        ClientConn.drain = _drain  # type: ignore[method-assign]
+        ClientConn.req_done = _req_done  # type: ignore[method-assign]

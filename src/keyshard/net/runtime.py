@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from keyshard import speedups_enabled
 from keyshard.net.server import ECONNREFUSED, EINVAL, SWALLOW, UNKNOWN, ServerConn
 from keyshard.pool import ServerPool
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
@@ -390,3 +391,17 @@ class PoolRuntime:
                     conn.fail(UNKNOWN, "server_err")
         for task in self.tasks:
             task.cancel()
+
+
+# The reference stays reachable under this name (tests; the twin calls it when `observe` is set).
+py_dispatch = PoolRuntime.dispatch
+
+if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            dispatch as _dispatch,
+        )
+    except ImportError:
+        pass
+    else:
+        PoolRuntime.dispatch = _dispatch  # type: ignore[method-assign]

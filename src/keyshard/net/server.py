@@ -34,6 +34,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from keyshard import speedups_enabled
 from keyshard.net.client import ClientConn
 from keyshard.net.writer import Writer
 from keyshard.protocol.base import KIND_FORWARD, Request
@@ -312,3 +313,17 @@ class ServerConn(asyncio.Protocol, Writer):
                 stats.forward_error += 1  # an error reply made for a client (nutcracker's count)
             owner.req_failed(req, error)
         self.slot.failed(reason)
+
+
+# The reference stays reachable under this name (differential tests).
+py_data_received = ServerConn.data_received
+
+if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            server_data_received as _data_received,
+        )
+    except ImportError:
+        pass
+    else:
+        ServerConn.data_received = _data_received  # type: ignore[method-assign]

@@ -1,0 +1,360 @@
+# cython: language_level=3, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+"""Compiled twins of the net layer's hot loops (optional; built with `keyshard._speedups`).
+
+    twin                 reference (kept as the module-level `py_*` names there)
+    dispatch             keyshard.net.runtime.PoolRuntime.dispatch
+    server_data_received keyshard.net.server.ServerConn.data_received
+    client_drain         keyshard.net.client.ClientConn.drain
+    client_req_done      keyshard.net.client.ClientConn.req_done
+
+Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTENSIONS=1).
+
+Rule 1: only the common case is compiled: forwarding a request on a server's one ready
+        connection without a timeout, pairing replies, draining finished replies. Everything
+        else calls the same Python code the reference calls (split, local requests, failures,
+        opening a connection, timeouts, bad replies); with an `observe` hook set (latency
+        metrics) the twins call the reference itself. Behaviour is the reference's, step for
+        step, in the same order.
+Rule 2: `Request` slots are read and written at their offsets (as `_speedups` builds them)
+        when the object is exactly `keyshard.protocol.base.Request` with plain slots; any
+        other object goes through getattr/setattr.
+Rule 3: no import of keyshard.net here (the net modules import this one at their end).
+"""
+
+import errno
+import os
+
+from cpython.list cimport PyList_Append
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+from keyshard.protocol import base as _base
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    int T_OBJECT_EX
+    int READONLY
+    PyTypeObject* Py_TYPE(object o)
+
+cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
+cdef object ECONNREFUSED = os.strerror(errno.ECONNREFUSED)
+cdef object KIND_FORWARD = _base.KIND_FORWARD
+cdef object KIND_SPLIT = _base.KIND_SPLIT
+
+# --------------------------------------------------------------------------------------------
+# Request slots (Rule 2)
+
+cdef PyTypeObject* _req_type = NULL  # NULL: not plain slots, always getattr/setattr
+cdef Py_ssize_t O_RAW = 0, O_KIND = 0, O_KEY = 0, O_NOREPLY = 0, O_REPLY = 0, O_OWNER = 0
+cdef Py_ssize_t O_SERVER = 0
+
+
+cdef Py_ssize_t _offset(object cls, str name) except -1:
+    descr = cls.__dict__.get(name)
+    if type(descr).__name__ != "member_descriptor":
+        return 0
+    member = (<PyMemberDescrObject*>descr).d_member
+    if member.type != T_OBJECT_EX or member.flags & READONLY:
+        return 0
+    return member.offset
+
+
+cdef void _setup() except *:
+    global _req_type, O_RAW, O_KIND, O_KEY, O_NOREPLY, O_REPLY, O_OWNER, O_SERVER
+    cls = _base.Request
+    if type(cls) is not type or cls.__bases__ != (object,):
+        return
+    O_RAW = _offset(cls, "raw")
+    O_KIND = _offset(cls, "kind")
+    O_KEY = _offset(cls, "key")
+    O_NOREPLY = _offset(cls, "noreply")
+    O_REPLY = _offset(cls, "reply")
+    O_OWNER = _offset(cls, "owner")
+    O_SERVER = _offset(cls, "server")
+    if O_RAW and O_KIND and O_KEY and O_NOREPLY and O_REPLY and O_OWNER and O_SERVER:
+        _req_type = <PyTypeObject*>cls
+
+
+_setup()
+
+
+def request_slots_direct() -> bool:
+    """Whether Request slots are accessed at their offsets (tests)."""
+    return _req_type != NULL
+
+
+cdef inline object _get(object req, Py_ssize_t off, str name):
+    cdef PyObject* value
+    if _req_type != NULL and Py_TYPE(req) == _req_type:
+        value = (<PyObject**>((<char*><PyObject*>req) + off))[0]
+        if value != NULL:
+            return <object>value
+    return getattr(req, name)  # raises AttributeError as the reference would
+
+
+cdef inline int _set(object req, Py_ssize_t off, object value, str name) except -1:
+    cdef PyObject** slot
+    cdef PyObject* old
+    if _req_type != NULL and Py_TYPE(req) == _req_type:
+        slot = <PyObject**>((<char*><PyObject*>req) + off)
+        old = slot[0]
+        Py_INCREF(value)
+        slot[0] = <PyObject*>value
+        Py_XDECREF(old)
+        return 0
+    setattr(req, name, value)
+    return 0
+
+
+cdef inline bint _is(object value, object const) except -1:
+    return value is const or value == const
+
+
+# The references, fetched on first use (Rule 3): the twins call them when `observe` is set.
+cdef object _py_dispatch = None
+cdef object _py_drain = None
+
+# --------------------------------------------------------------------------------------------
+# PoolRuntime.dispatch
+
+
+cdef class _Dest:
+    """A server's ready connection during one `dispatch` (no timeout): its queues and the
+    requests counted for its slot but not yet added to `slot.stats`."""
+    cdef object slot, conn, outq_append
+    cdef list wbuf
+    cdef Py_ssize_t nreq, nbytes
+
+
+cdef int _settle(list dests) except -1:
+    """Add the pending counts to each slot's stats; forget the connections (before any call
+    back into Python, and at the end of the read)."""
+    cdef _Dest d
+    for obj in dests:
+        if obj is not None:
+            d = <_Dest>obj
+            if d.nreq:
+                stats = d.slot.stats
+                stats.requests += d.nreq
+                stats.request_bytes += d.nbytes
+    dests[:] = [None] * len(dests)
+    return 0
+
+
+def dispatch(self, client, reqs):
+    """Twin of `PoolRuntime.dispatch`: route every request of one read (the hot path)."""
+    global _py_dispatch
+    if self.observe is not None:
+        if _py_dispatch is None:
+            from keyshard.net.runtime import py_dispatch
+            _py_dispatch = py_dispatch
+        return _py_dispatch(self, client, reqs)
+    queue = client.queue
+    qappend = queue.append
+    now = self.loop.time()
+    pool = self.pool
+    route = None
+    cdef list slots = self.slots
+    cdef Py_ssize_t nslots = len(slots)
+    cdef bint authenticated = client.authenticated
+    cdef Py_ssize_t idx
+    cdef list dests = [None] * nslots  # idx -> _Dest, while no Python code ran in between
+    cdef bint used = False
+    cdef _Dest d
+    try:
+        for req in reqs:
+            kind = _get(req, O_KIND, "kind")
+            if authenticated and _is(kind, KIND_FORWARD):
+                _set(req, O_OWNER, client, "owner")
+                noreply = _get(req, O_NOREPLY, "noreply")
+                if not noreply:
+                    qappend(req)
+                if route is None:
+                    route = pool.router(now)
+                idx = route(_get(req, O_KEY, "key"))
+                if idx < 0:
+                    if used:
+                        _settle(dests)
+                        used = False
+                    self.forward_failed(req, ECONNREFUSED)
+                    continue
+                obj = dests[idx] if idx < nslots else None
+                if obj is not None:
+                    d = <_Dest>obj
+                    raw = _get(req, O_RAW, "raw")
+                    d.nreq += 1
+                    d.nbytes += len(raw)
+                    _set(req, O_SERVER, d.conn, "server")
+                    if not noreply:
+                        d.outq_append(req)
+                    PyList_Append(d.wbuf, raw)
+                    continue
+                slot = slots[idx]
+                conn = slot.ready
+                if conn is None:
+                    if used:
+                        _settle(dests)
+                        used = False
+                    conn = slot.conn()
+                    route = None  # opening may have failed and ejected a server
+                    if conn is None:
+                        self.forward_failed(req, slot.error)
+                        continue
+                raw = _get(req, O_RAW, "raw")
+                if conn.timeout > 0.0:  # conn.send(req) itself: it arms the timer
+                    if used:
+                        _settle(dests)
+                        used = False
+                    stats = slot.stats
+                    stats.requests += 1
+                    stats.request_bytes += len(raw)
+                    conn.send(req)
+                    continue
+                # conn.send(req), inlined for a connection without a timeout
+                d = _Dest.__new__(_Dest)
+                d.slot = slot
+                d.conn = conn
+                d.nreq = 1
+                d.nbytes = len(raw)
+                _set(req, O_SERVER, conn, "server")
+                outq = conn.outq
+                if not noreply:
+                    outq.append(req)
+                wbuf = conn.wbuf
+                wbuf.append(raw)
+                if not conn.dirty:
+                    conn.dirty = True
+                    conn.flusher.mark(conn)
+                d.outq_append = outq.append
+                d.wbuf = wbuf
+                dests[idx] = d
+                used = True
+            elif authenticated and _is(kind, KIND_SPLIT):
+                if used:
+                    _settle(dests)
+                    used = False
+                _set(req, O_OWNER, client, "owner")
+                qappend(req)
+                self.split(req, now)
+                route = None  # a fragment may have failed and ejected a server
+                authenticated = client.authenticated
+            else:
+                if used:
+                    _settle(dests)
+                    used = False
+                _set(req, O_OWNER, client, "owner")
+                client.local(req)
+                authenticated = client.authenticated
+                if client.closing:
+                    break
+    finally:
+        if used:
+            _settle(dests)
+    if queue:
+        head = queue[0]
+        if _get(head, O_REPLY, "reply") is not None:
+            client.req_done(head)
+
+# --------------------------------------------------------------------------------------------
+# ServerConn.data_received
+
+
+def server_data_received(self, data):
+    """Twin of `ServerConn.data_received`: pair the replies of one read with `outq`."""
+    cdef Py_ssize_t before, nbytes, paired
+    cdef object last = None
+    cdef list clients
+    parser = self.parser
+    replies = parser.feed(data)
+    if replies:
+        outq = self.outq
+        popleft = outq.popleft
+        stats = self.stats
+        is_failure = self.codec.is_failure_reply
+        before = len(outq)
+        self.swallowed = 0
+        nbytes = 0
+        clients = []  # batched owners answered in this read, drained once each below
+        for reply in replies:
+            # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
+            if not outq or (reply[0] == 45 and is_failure(reply)):
+                paired = before - len(outq)
+                stats.responses += paired
+                stats.response_bytes += nbytes
+                for client in clients:
+                    client.drain()
+                self.bad_reply(paired)
+                return
+            req = popleft()
+            nbytes += len(reply)
+            _set(req, O_REPLY, reply, "reply")
+            owner = _get(req, O_OWNER, "owner")
+            if owner is last:
+                pass  # batched, already listed
+            elif owner.batched:
+                last = owner
+                PyList_Append(clients, owner)
+            else:
+                owner.req_done(req)
+        paired = before - len(outq)
+        stats.responses += paired
+        stats.response_bytes += nbytes
+        for client in clients:
+            client.drain()
+        if paired > self.swallowed:
+            self.slot.ok()
+        if self.timer is not None and not outq:
+            self.timer.cancel()
+            self.timer = None
+    if self.parser.error is not None:
+        self.fail(EINVAL, "server_err")
+
+# --------------------------------------------------------------------------------------------
+# ClientConn.drain / req_done
+
+
+def client_drain(self):
+    """Twin of `ClientConn.drain`: write every finished reply at the head of the queue."""
+    global _py_drain
+    if self.runtime.observe is not None:
+        if _py_drain is None:
+            from keyshard.net.client import py_drain
+            _py_drain = py_drain
+        return _py_drain(self)
+    queue = self.queue
+    cdef list wbuf = self.wbuf
+    popleft = None
+    while queue:
+        head = queue[0]
+        reply = _get(head, O_REPLY, "reply")
+        if reply is None:
+            break
+        if popleft is None:
+            popleft = queue.popleft
+        popleft()
+        PyList_Append(wbuf, reply)  # Writer.write, inlined: once per reply
+    if not self.dirty and wbuf:
+        self.dirty = True
+        self.flusher.mark(self)
+    close_mark = self.close_mark
+    if close_mark is not None and close_mark not in queue:
+        self.close_in_error()
+    elif not queue and self.closing:
+        self.close()
+    elif self.read_paused:
+        self.maybe_resume()
+
+
+def client_req_done(self, req):
+    """Twin of `ClientConn.req_done`."""
+    queue = self.queue
+    if not queue or queue[0] is not req:
+        return  # an earlier request is still waiting; it will drain this one too
+    self.drain()

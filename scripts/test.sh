@@ -13,12 +13,15 @@ MODES=${KEYSHARD_TEST_MODES:-"compiled pure"}
 # The compiled run must test the current sources: rebuild the extension in place when a
 # Cython source is newer than it (or it is missing), the way `pip install -e .` builds it.
 ensure_built() {
-    local so
-    so=$(ls src/keyshard/_speedups.*.so 2>/dev/null | head -n 1)
-    if [ -n "$so" ] && [ -z "$(find src/keyshard setup.py -newer "$so" \
-            \( -name '*.pyx' -o -name '*.pxi' -o -name setup.py \) 2>/dev/null)" ]; then
-        return 0
-    fi
+    local so fresh=1
+    for mod in _speedups _netfast; do
+        so=$(ls src/keyshard/$mod.*.so 2>/dev/null | head -n 1)
+        if [ -z "$so" ] || [ -n "$(find src/keyshard setup.py -newer "$so" \
+                \( -name '*.pyx' -o -name '*.pxi' -o -name setup.py \) 2>/dev/null)" ]; then
+            fresh=0
+        fi
+    done
+    [ $fresh = 1 ] && return 0
     echo "test: building keyshard._speedups (pip install -e . --no-deps)"
     .venv/bin/pip install -q --no-deps -e . || echo "test: the build failed"
 }

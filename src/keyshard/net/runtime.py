@@ -332,16 +332,18 @@ class PoolRuntime:
 
     def split(self, req: Request, now: float) -> None:
         pool = self.pool
-        group = pool.grouper()  # the continuum as it stands, without a rebuild (Rule 4)
-        firsts: dict[int, bytes] = {}  # group -> its first key, which routes the fragment
-
-        def place(key: bytes) -> int:
-            idx = group(key)
-            if idx not in firsts:
-                firsts[idx] = key
-            return idx
-
-        frags, req.ctx = self.codec.split(req, place)
+        # keys grouped on the continuum as it stands, without a rebuild (Rule 4)
+        frags, ctx = self.codec.split(req, pool.grouper())
+        req.ctx = ctx
+        # each fragment is routed by its first key; ctx numbers the fragments of the keys in
+        # order of first appearance, which is the order of `frags`
+        args = req.args
+        assert args is not None
+        step = 2 if req.cmd == b"mset" else 1
+        firsts: list[bytes] = []
+        for pos, frag_no in enumerate(ctx):
+            if frag_no == len(firsts):
+                firsts.append(args[pos * step])
         owner = SplitOwner(self, req, len(frags))
         if not self.quirks:  # nutcracker never counts fragments
             self.stats.fragments += len(frags)
@@ -349,11 +351,11 @@ class PoolRuntime:
         route = pool.route
         slots = self.slots
         for pos in order:
-            gidx, raw = frags[pos]
+            raw = frags[pos][1]
             frag = Request(raw, KIND_FORWARD, req.cmd, b"")
             frag.owner = owner
             frag.ctx = pos
-            idx = route(firsts[gidx], now)
+            idx = route(firsts[pos], now)
             if idx < 0:
                 owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
                 continue

@@ -126,7 +126,28 @@ def _numkeys(digits: bytes) -> None:
         raise ProtocolError("bad numkeys")
 
 
-class RedisRequestParser:
+class _Chunks:
+    """A frame cut across reads: its chunks are kept until `_need` bytes are in, then joined
+    once (not on every read), so a large value arriving in small reads costs linear time."""
+
+    _chunks: list[bytes]
+    _have: int
+    _need: int
+
+    def _gather(self, data: bytes) -> bytes | None:
+        """The bytes to parse now, or None while the cut frame is still short."""
+        if not self._chunks:
+            return data
+        self._chunks.append(data)
+        self._have += len(data)
+        if self._have < self._need:
+            return None
+        buf = b"".join(self._chunks)
+        self._chunks = []
+        return buf
+
+
+class RedisRequestParser(_Chunks):
     """Frames client bytes into `Request`s; see the module docstring, Rules 1-6."""
 
     __slots__ = ("_chunks", "_have", "_maxk", "_need", "_parts", "_st", "error")
@@ -147,15 +168,9 @@ class RedisRequestParser:
         """Parse `data` (any cut); return the requests it completes."""
         if self.error is not None or not data:
             return []
-        if self._chunks:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            buf = b"".join(self._chunks)
-            self._chunks = []
-        else:
-            buf = data
+        buf = self._gather(data)
+        if buf is None:
+            return []
         out: list[Request] = []
         try:
             n = len(buf)
@@ -375,7 +390,7 @@ def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
     raise ProtocolError(f"bad reply type {bytes([c])!r}")
 
 
-class RedisReplyParser:
+class RedisReplyParser(_Chunks):
     """Frames server bytes into replies, the exact bytes of each; see Rule 7."""
 
     __slots__ = ("_chunks", "_have", "_need", "_parts", "_stack", "error")
@@ -392,15 +407,9 @@ class RedisReplyParser:
         """Parse `data` (any cut); return the replies it completes."""
         if self.error is not None or not data:
             return []
-        if self._chunks:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            buf = b"".join(self._chunks)
-            self._chunks = []
-        else:
-            buf = data
+        buf = self._gather(data)
+        if buf is None:
+            return []
         out: list[bytes] = []
         try:
             self._parse(buf, len(buf), out)

@@ -2,6 +2,9 @@
 
 The connection diagram (the shape of nutcracker's `nc_connection.c`, in keyshard's words)::
 
+  Listener (accept; a client that sent nothing yet is a parked descriptor, no transport)
+     │ first byte or EOF
+     ▼
                      ClientConn                     PoolRuntime                ServerConn
                  (one per client)               (one per pool)           (<= server_connections
                                                                             per server)

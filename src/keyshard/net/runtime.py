@@ -228,6 +228,7 @@ class PoolRuntime:
         self.slots = [ServerSlot(self, i, s) for i, s in enumerate(conf.servers)]
         self.clients: set[ClientConn] = set()
         self.total_clients = 0
+        self.parked = 0  # accepted clients without a transport yet (listener Rule 3)
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused_servers: set[ServerConn] = set()
         self.unknown_error = self.codec.error_reply(UNKNOWN)
@@ -241,14 +242,15 @@ class PoolRuntime:
 
     def view(self) -> tuple[str, dict[str, int], list[tuple[str, dict[str, int]]]]:
         values = counters(self.stats)
-        values["client_connections"] = len(self.clients)
+        values["client_connections"] = len(self.clients) + self.parked
         return self.conf.name, values, [(s.conf.name, s.view()) for s in self.slots]
 
     def connection_counts(self) -> tuple[int, int]:
         """(ever, now): client and server connections, as nutcracker counts its conns."""
         servers_now = sum(len(s.conns) for s in self.slots)
         servers_ever = sum(s.total_conns for s in self.slots)
-        return self.total_clients + servers_ever, len(self.clients) + servers_now
+        return (self.total_clients + servers_ever,
+                len(self.clients) + self.parked + servers_now)
 
     def preconnect(self) -> None:
         for slot in self.slots:
@@ -257,9 +259,13 @@ class PoolRuntime:
 
     # -- clients --------------------------------------------------------------------------------
 
+    def client_parked(self) -> None:
+        """A client was accepted and waits for its first byte (listener Rule 3)."""
+        self.parked += 1
+        self.total_clients += 1
+
     def client_opened(self, client: ClientConn) -> None:
         self.clients.add(client)
-        self.total_clients += 1
         if self.paused_servers:
             client.pause_reading()
 

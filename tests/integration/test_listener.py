@@ -1,0 +1,194 @@
+"""The listener's parked clients (keyshard.net.listener Rule 3), in process, on asyncio's own
+loop and on uvloop, in front of a real redis-server: a client that sent nothing holds no
+transport, is counted as a client connection, and becomes a normal client at its first byte
+or its EOF; a listener that closes closes its parked clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from keyshard.config import parse_config
+from keyshard.net.listener import Listener, listen
+from keyshard.net.runtime import PoolRuntime
+from keyshard.net.writer import Flusher
+from tests.support.procs import RedisServer, free_port, pool_yaml
+from tests.support.rig import resp
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with RedisServer().start() as server:
+        yield server
+
+
+def in_process(redis: RedisServer, loop_name: str, scenario: Any, **opts: Any) -> None:
+    port = free_port()
+    (conf,) = parse_config(pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True, **opts),
+                           "t.yml")
+    loop = LOOPS[loop_name]()
+    try:
+        async def main() -> None:
+            runtime = PoolRuntime(conf, loop, Flusher(loop))
+            listener = await listen(runtime)
+            assert isinstance(listener, Listener)
+            try:
+                await scenario(runtime, listener, port)
+            finally:
+                listener.close()
+                runtime.close()
+                await asyncio.sleep(0.05)
+
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    assert check(), "condition not reached"
+
+
+async def talk(sock: socket.socket, payload: bytes, want: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, payload)
+    got = b""
+    while len(got) < len(want):
+        chunk = await loop.sock_recv(sock, 65536)
+        assert chunk, f"closed after {got!r}"
+        got += chunk
+    assert got == want
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_idle_client_is_parked_then_promoted_by_its_first_request(redis: RedisServer,
+                                                                   loop_name: str) -> None:
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        socks = [connect(port) for _ in range(20)]
+        await until(lambda: runtime.parked == 20)
+        assert not runtime.clients, "an idle client got a transport"
+        assert len(listener.parked) == 20
+        assert runtime.view()[1]["client_connections"] == 20
+        assert runtime.connection_counts() == (20, 20)
+        # the first request of one client makes it a ClientConn; the others stay parked
+        await talk(socks[3], resp("SET", "k", "v") + resp("GET", "k"), b"+OK\r\n$1\r\nv\r\n")
+        assert len(runtime.clients) == 1 and runtime.parked == 19
+        assert runtime.view()[1]["client_connections"] == 20
+        for sock in socks:
+            sock.close()
+        await until(lambda: not runtime.clients and runtime.parked == 0)
+        assert runtime.view()[1]["client_connections"] == 0
+        assert runtime.stats.client_eof == 20  # parked ones are promoted by their EOF
+        assert runtime.stats.client_err == 0
+        assert runtime.total_clients == 20
+
+    in_process(redis, loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_parked_client_reset_counts_an_error(redis: RedisServer, loop_name: str) -> None:
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        sock = connect(port)
+        await until(lambda: runtime.parked == 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+        await until(lambda: runtime.parked == 0 and not runtime.clients)
+        assert runtime.stats.client_err == 1 and runtime.stats.client_eof == 0
+
+    in_process(redis, loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_closing_the_listener_closes_parked_clients(redis: RedisServer, loop_name: str) -> None:
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        idle = connect(port)
+        busy = connect(port)
+        await talk(busy, resp("PING"), b"+PONG\r\n")
+        await until(lambda: runtime.parked == 1 and len(runtime.clients) == 1)
+        listener.close()
+        assert runtime.parked == 0 and not listener.parked
+        assert await asyncio.wait_for(loop.sock_recv(idle, 10), 5) == b""
+        with pytest.raises(OSError):  # nobody accepts any more
+            socket.create_connection(("127.0.0.1", port), timeout=2).recv(1)
+        await talk(busy, resp("PING"), b"+PONG\r\n")  # a promoted client is the app's to close
+        idle.close()
+        busy.close()
+
+    in_process(redis, loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_parked_client_costs_a_fraction_of_a_promoted_one(redis: RedisServer,
+                                                            loop_name: str) -> None:
+    """Python-heap bytes per connection (tracemalloc), parked and then promoted by a PING."""
+    count = 200
+
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            socks = [connect(port) for _ in range(count)]
+            await until(lambda: runtime.parked == count)
+            parked = tracemalloc.get_traced_memory()[0]
+            for sock in socks:
+                await talk(sock, resp("PING"), b"+PONG\r\n")
+            await until(lambda: len(runtime.clients) == count)
+            promoted = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            for sock in socks:
+                sock.close()
+        per_parked = (parked - before) / count
+        per_promoted = (promoted - before) / count
+        assert per_parked < 200, f"{per_parked:.0f} bytes per parked client"
+        assert per_promoted > 3 * per_parked, (per_parked, per_promoted)
+
+    in_process(redis, loop_name, scenario)
+
+
+def test_unix_socket_listener_parks_too(redis: RedisServer, tmp_path: Any) -> None:
+    path = str(tmp_path / "ks.sock")
+    (conf,) = parse_config(pool_yaml("alpha", 0, [f"{redis.addr}:1 s0"], redis=True)
+                           .replace("127.0.0.1:0", f"{path}"), "t.yml")
+    assert conf.listen_unix
+    loop = uvloop.new_event_loop()
+    try:
+        async def main() -> None:
+            runtime = PoolRuntime(conf, loop, Flusher(loop))
+            listener = await listen(runtime)
+            try:
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(path)
+                sock.setblocking(False)
+                await until(lambda: runtime.parked == 1)
+                await talk(sock, resp("PING"), b"+PONG\r\n")
+                assert runtime.parked == 0 and len(runtime.clients) == 1
+                sock.close()
+            finally:
+                listener.close()
+                runtime.close()
+                await asyncio.sleep(0.05)
+
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()

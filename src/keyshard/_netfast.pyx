@@ -7,6 +7,9 @@
     server_data_received keyshard.net.server.ServerConn.data_received
     client_drain         keyshard.net.client.ClientConn.drain
     client_req_done      keyshard.net.client.ClientConn.req_done
+    client_data_received keyshard.net.client.ClientConn.data_received
+    flusher_flush        keyshard.net.writer.Flusher.flush (Writer.flush inlined)
+    writer_flush         keyshard.net.writer.Writer.flush
 
 Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTENSIONS=1).
 
@@ -358,3 +361,49 @@ def client_req_done(self, req):
     if not queue or queue[0] is not req:
         return  # an earlier request is still waiting; it will drain this one too
     self.drain()
+
+# --------------------------------------------------------------------------------------------
+# ClientConn.data_received
+
+
+def client_data_received(self, data):
+    """Twin of `ClientConn.data_received`: parse one read, dispatch it, pause a long queue."""
+    if self.closing:
+        return
+    parser = self.parser
+    reqs = parser.feed(data)
+    if parser.error is not None:
+        self.bad_input(reqs)
+        return
+    if reqs:
+        self.runtime.dispatch(self, reqs)
+    if len(self.queue) > self.max_pending and not self.read_paused:
+        self.pause_reading()
+
+# --------------------------------------------------------------------------------------------
+# Flusher.flush / Writer.flush
+
+
+def flusher_flush(self):
+    """Twin of `Flusher.flush`, with `Writer.flush` inlined for each dirty connection (both
+    connection classes inherit it; the reference calls `conn.flush()`)."""
+    self.scheduled = False
+    cdef list dirty = self.dirty
+    self.dirty = []
+    for conn in dirty:
+        writer_flush(conn)
+
+
+def writer_flush(self):
+    """Twin of `Writer.flush`: one `transport.write` of everything buffered."""
+    self.dirty = False
+    cdef list wbuf = self.wbuf
+    if not wbuf:
+        return
+    transport = self.transport
+    if transport is None:
+        return  # not connected yet: connection_made flushes
+    self.wbuf = []
+    if transport.is_closing():
+        return
+    transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))

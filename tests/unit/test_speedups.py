@@ -517,7 +517,7 @@ needs_net = pytest.mark.skipif(_netfast is None and not EXPECTED,
 
 
 def test_net_twins_selected() -> None:
-    from keyshard.net import client, runtime, server
+    from keyshard.net import client, runtime, server, writer
 
     compiled = keyshard.speedups_in_use()
     if EXPECTED:
@@ -526,6 +526,9 @@ def test_net_twins_selected() -> None:
     assert (server.ServerConn.data_received is not server.py_data_received) == compiled
     assert (client.ClientConn.drain is not client.py_drain) == compiled
     assert (client.ClientConn.req_done is not client.py_req_done) == compiled
+    assert (client.ClientConn.data_received is not client.py_data_received) == compiled
+    assert (writer.Flusher.flush is not writer.py_flusher_flush) == compiled
+    assert (writer.Writer.flush is not writer.py_writer_flush) == compiled
     if compiled:
         assert _netfast is not None and _netfast.request_slots_direct()
         assert runtime.PoolRuntime.dispatch is _netfast.dispatch
@@ -646,7 +649,7 @@ def _net_transcript(observe: bool) -> list[Any]:
 @needs_net
 @pytest.mark.parametrize("observe", [False, True])
 def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from keyshard.net import client, runtime, server
+    from keyshard.net import client, runtime, server, writer
 
     assert _netfast is not None
     compiled = _net_transcript(observe)
@@ -654,6 +657,9 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
     monkeypatch.setattr(server.ServerConn, "data_received", server.py_data_received)
     monkeypatch.setattr(client.ClientConn, "drain", client.py_drain)
     monkeypatch.setattr(client.ClientConn, "req_done", client.py_req_done)
+    monkeypatch.setattr(client.ClientConn, "data_received", client.py_data_received)
+    monkeypatch.setattr(writer.Flusher, "flush", writer.py_flusher_flush)
+    monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
     pure = _net_transcript(observe)
     assert compiled == pure
     assert len(pure[-3]) > 0

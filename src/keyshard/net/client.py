@@ -48,6 +48,8 @@ RESUME_PENDING = MAX_PENDING // 2
 
 class ClientConn(asyncio.Protocol, Writer):
     batched = True  # a server sets the replies of one read, then calls drain() once (server.py)
+    max_pending = MAX_PENDING
+
     def __init__(self, runtime: PoolRuntime) -> None:
         self.runtime = runtime
         self.flusher = runtime.flusher
@@ -85,27 +87,37 @@ class ClientConn(asyncio.Protocol, Writer):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        reqs = self.parser.feed(data)
+        parser = self.parser
+        reqs = parser.feed(data)
+        if parser.error is not None:
+            self.bad_input(reqs)
+            return
         if reqs:
-            if self.parser.error is not None and self.runtime.quirks:
+            self.runtime.dispatch(self, reqs)
+        if len(self.queue) > self.max_pending and not self.read_paused:
+            self.pause_reading()
+
+    def bad_input(self, reqs: list[Request]) -> None:
+        """The parser stopped at garbage: answer what came before it, then close (Rule 2)."""
+        if reqs:
+            if self.runtime.quirks:
                 # nutcracker forwards the requests read with the bad input, answers none
                 written = len(self.wbuf)
                 self.runtime.dispatch(self, reqs)
                 del self.wbuf[written:]
             else:
                 self.runtime.dispatch(self, reqs)
-        if self.parser.error is not None and not self.closing:
-            if log.isEnabledFor(logging.INFO):
-                log.info("client protocol error: %s", self.parser.error)
-            # nutcracker closes right at the bad input, before it could read an EOF
-            self.runtime.stats.client_err += 1
-            self.counted = True
-            if self.runtime.quirks:
-                self.abandon()
-            else:
-                self.close_after_replies()
-        elif len(self.queue) > MAX_PENDING and not self.read_paused:
-            self.pause_reading()
+        if self.closing:
+            return
+        if log.isEnabledFor(logging.INFO):
+            log.info("client protocol error: %s", self.parser.error)
+        # nutcracker closes right at the bad input, before it could read an EOF
+        self.runtime.stats.client_err += 1
+        self.counted = True
+        if self.runtime.quirks:
+            self.abandon()
+        else:
+            self.close_after_replies()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -245,11 +257,15 @@ __all__ = ["ClientConn", "KIND_FORWARD", "KIND_SPLIT"]
 # runtime has an `observe` hook).
 py_drain = ClientConn.drain
 py_req_done = ClientConn.req_done
+py_data_received = ClientConn.data_received
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
             client_drain as _drain,
+        )
+        from keyshard._netfast import (
+            client_data_received as _data_received,
         )
         from keyshard._netfast import (
             client_req_done as _req_done,
@@ -259,3 +275,4 @@ if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     else:
         ClientConn.drain = _drain  # type: ignore[method-assign]
         ClientConn.req_done = _req_done  # type: ignore[method-assign]
+        ClientConn.data_received = _data_received  # type: ignore[method-assign]

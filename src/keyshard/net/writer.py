@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from keyshard import speedups_enabled
+
 
 class Flusher:
     """Flushes dirty connections once per loop iteration."""
@@ -62,3 +64,22 @@ class Writer:
         if transport.is_closing():
             return
         transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+
+
+# The references stay reachable under these names (tests).
+py_flusher_flush = Flusher.flush
+py_writer_flush = Writer.flush
+
+if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            flusher_flush as _flusher_flush,
+        )
+        from keyshard._netfast import (
+            writer_flush as _writer_flush,
+        )
+    except ImportError:
+        pass
+    else:
+        Flusher.flush = _flusher_flush  # type: ignore[method-assign]
+        Writer.flush = _writer_flush  # type: ignore[method-assign]

@@ -9,6 +9,7 @@
     client_req_done      keyshard.net.client.ClientConn.req_done
     client_data_received keyshard.net.client.ClientConn.data_received
     flusher_flush        keyshard.net.writer.Flusher.flush (Writer.flush inlined)
+    split                keyshard.net.runtime.PoolRuntime.split
     writer_flush         keyshard.net.writer.Writer.flush
 
 Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTENSIONS=1).
@@ -407,3 +408,71 @@ def writer_flush(self):
     if transport.is_closing():
         return
     transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+
+# --------------------------------------------------------------------------------------------
+# PoolRuntime.split
+
+cdef object _SplitOwner = None  # keyshard.net.runtime.SplitOwner, fetched on first use (Rule 3)
+cdef object _new_request = None  # keyshard._speedups.new_request
+
+
+def split(self, req, now):
+    """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
+    global _SplitOwner, _new_request
+    if _SplitOwner is None:
+        from keyshard.net.runtime import SplitOwner
+        from keyshard._speedups import new_request
+        _SplitOwner = SplitOwner
+        _new_request = new_request
+    pool = self.pool
+    codec = self.codec
+    frags, ctx = codec.split(req, pool.grouper())
+    req.ctx = ctx
+    args = req.args
+    cmd = req.cmd
+    cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
+    cdef list frag_list = frags
+    cdef Py_ssize_t nfrags = len(frag_list)
+    cdef list firsts = []
+    cdef Py_ssize_t pos = 0, nfirsts = 0, i, j
+    for frag_no in ctx:
+        if frag_no == nfirsts:
+            PyList_Append(firsts, args[pos * step])
+            nfirsts += 1
+        pos += 1
+    owner = _SplitOwner(self, req, nfrags)
+    if not self.quirks:  # nutcracker never counts fragments
+        self.stats.fragments += nfrags
+    # fragment positions in server order (a stable insertion sort: a handful of servers)
+    cdef list order = list(range(nfrags))
+    cdef list servers = [f[0] for f in frag_list]
+    for i in range(1, nfrags):
+        p = order[i]
+        s = servers[<Py_ssize_t>p]
+        j = i - 1
+        while j >= 0 and servers[<Py_ssize_t>order[j]] > s:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = p
+    owner.order = order
+    route = pool.route
+    cdef list slots = self.slots
+    for p in order:
+        raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
+        frag = _new_request(raw, KIND_FORWARD, cmd, b"")
+        _set(frag, O_OWNER, owner, "owner")
+        frag.ctx = p
+        idx = route(firsts[<Py_ssize_t>p], now)
+        if idx < 0:
+            owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
+            continue
+        slot = slots[idx]
+        conn = slot.ready or slot.conn()
+        if conn is None:
+            owner.req_failed(frag, codec.error_reply(slot.error))
+            continue
+        stats = slot.stats
+        stats.requests += 1
+        stats.request_bytes += len(raw)
+        conn.send(frag)
+    owner.splitting = False

@@ -403,13 +403,16 @@ class PoolRuntime:
 
 # The reference stays reachable under this name (tests; the twin calls it when `observe` is set).
 py_dispatch = PoolRuntime.dispatch
+py_split = PoolRuntime.split
 
 if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
             dispatch as _dispatch,
         )
+        from keyshard._netfast import split as _split
     except ImportError:
         pass
     else:
         PoolRuntime.dispatch = _dispatch  # type: ignore[method-assign]
+        PoolRuntime.split = _split  # type: ignore[method-assign]

@@ -8,9 +8,10 @@
     client_drain         keyshard.net.client.ClientConn.drain
     client_req_done      keyshard.net.client.ClientConn.req_done
     client_data_received keyshard.net.client.ClientConn.data_received
-    flusher_flush        keyshard.net.writer.Flusher.flush (Writer.flush inlined)
-    split                keyshard.net.runtime.PoolRuntime.split
+    Flusher              keyshard.net.writer.Flusher (Writer.flush inlined in its flush)
     writer_flush         keyshard.net.writer.Writer.flush
+    ConnFields...        keyshard.net.fields: the connections' fields as C struct members
+    split                keyshard.net.runtime.PoolRuntime.split
 
 Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTENSIONS=1).
 
@@ -23,7 +24,10 @@ Rule 1: only the common case is compiled: forwarding a request on a server's one
 Rule 2: `Request` slots are read and written at their offsets (as `_speedups` builds them)
         when the object is exactly `keyshard.protocol.base.Request` with plain slots; any
         other object goes through getattr/setattr.
-Rule 3: no import of keyshard.net here (the net modules import this one at their end).
+Rule 3: the connections' fields are C struct members (`ConnFields`, `ClientFields`,
+        `ServerFields`, the bases of the connection classes when this module is in use): the
+        twins take `self` typed and read them directly.
+Rule 4: no import of keyshard.net here (the net modules import this one at their end).
 """
 
 import errno
@@ -121,7 +125,88 @@ cdef inline bint _is(object value, object const) except -1:
     return value is const or value == const
 
 
-# The references, fetched on first use (Rule 3): the twins call them when `observe` is set.
+# --------------------------------------------------------------------------------------------
+# Connection fields (keyshard.net.fields): C struct members instead of slots
+
+
+cdef class ConnFields:
+    """Twin of `keyshard.net.fields.ConnFields`."""
+    cdef public object runtime, flusher, codec, parser, transport
+    cdef public list wbuf
+    cdef public bint dirty, closed
+
+
+cdef class ClientFields(ConnFields):
+    """Twin of `keyshard.net.fields.ClientFields`."""
+    cdef public object queue, close_mark
+    cdef public bint closing, eof, quit, failed, counted, read_paused, write_paused
+    cdef public bint authenticated
+
+
+cdef class ServerFields(ConnFields):
+    """Twin of `keyshard.net.fields.ServerFields`."""
+    cdef public object slot, outq, sock, timer, stats
+    cdef public bint connected
+    cdef public double timeout
+    cdef public Py_ssize_t swallowed
+
+
+cdef inline int _mark(ConnFields conn) except -1:
+    """`conn.flusher.mark(conn)` once per iteration (Writer.write's second half)."""
+    conn.dirty = True
+    flusher = conn.flusher
+    if type(flusher) is Flusher:
+        (<Flusher>flusher).mark(conn)
+    else:
+        flusher.mark(conn)
+    return 0
+
+
+cdef class Flusher:
+    """Twin of `keyshard.net.writer.Flusher`: one flush of every dirty connection per loop
+    iteration, from a single `call_soon`."""
+    cdef public object loop
+    cdef public list dirty
+    cdef public bint scheduled
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.dirty = []
+        self.scheduled = False
+
+    cpdef mark(self, conn):
+        PyList_Append(self.dirty, conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self):
+        self.scheduled = False
+        cdef list dirty = self.dirty
+        self.dirty = []
+        for conn in dirty:
+            if isinstance(conn, ConnFields):
+                _writer_flush(<ConnFields>conn)
+            else:
+                conn.flush()
+
+
+cdef int _writer_flush(ConnFields self) except -1:
+    self.dirty = False
+    cdef list wbuf = self.wbuf
+    if not wbuf:
+        return 0
+    transport = self.transport
+    if transport is None:
+        return 0  # not connected yet: connection_made flushes
+    self.wbuf = []
+    if transport.is_closing():
+        return 0
+    transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+    return 0
+
+
+# The references, fetched on first use (Rule 4): the twins call them when `observe` is set.
 cdef object _py_dispatch = None
 cdef object _py_drain = None
 
@@ -132,7 +217,8 @@ cdef object _py_drain = None
 cdef class _Dest:
     """A server's ready connection during one `dispatch` (no timeout): its queues and the
     requests counted for its slot but not yet added to `slot.stats`."""
-    cdef object slot, conn, outq_append
+    cdef object slot, outq_append
+    cdef ServerFields conn
     cdef list wbuf
     cdef Py_ssize_t nreq, nbytes
 
@@ -152,14 +238,15 @@ cdef int _settle(list dests) except -1:
     return 0
 
 
-def dispatch(self, client, reqs):
+def dispatch(self, client_obj, reqs):
     """Twin of `PoolRuntime.dispatch`: route every request of one read (the hot path)."""
     global _py_dispatch
     if self.observe is not None:
         if _py_dispatch is None:
             from keyshard.net.runtime import py_dispatch
             _py_dispatch = py_dispatch
-        return _py_dispatch(self, client, reqs)
+        return _py_dispatch(self, client_obj, reqs)
+    cdef ClientFields client = client_obj
     queue = client.queue
     qappend = queue.append
     now = self.loop.time()
@@ -172,6 +259,7 @@ def dispatch(self, client, reqs):
     cdef list dests = [None] * nslots  # idx -> _Dest, while no Python code ran in between
     cdef bint used = False
     cdef _Dest d
+    cdef ServerFields conn
     try:
         for req in reqs:
             kind = _get(req, O_KIND, "kind")
@@ -201,16 +289,17 @@ def dispatch(self, client, reqs):
                     PyList_Append(d.wbuf, raw)
                     continue
                 slot = slots[idx]
-                conn = slot.ready
-                if conn is None:
+                conn_obj = slot.ready
+                if conn_obj is None:
                     if used:
                         _settle(dests)
                         used = False
-                    conn = slot.conn()
+                    conn_obj = slot.conn()
                     route = None  # opening may have failed and ejected a server
-                    if conn is None:
+                    if conn_obj is None:
                         self.forward_failed(req, slot.error)
                         continue
+                conn = conn_obj
                 raw = _get(req, O_RAW, "raw")
                 if conn.timeout > 0.0:  # conn.send(req) itself: it arms the timer
                     if used:
@@ -219,7 +308,7 @@ def dispatch(self, client, reqs):
                     stats = slot.stats
                     stats.requests += 1
                     stats.request_bytes += len(raw)
-                    conn.send(req)
+                    conn_obj.send(req)
                     continue
                 # conn.send(req), inlined for a connection without a timeout
                 d = _Dest.__new__(_Dest)
@@ -232,10 +321,9 @@ def dispatch(self, client, reqs):
                 if not noreply:
                     outq.append(req)
                 wbuf = conn.wbuf
-                wbuf.append(raw)
+                PyList_Append(wbuf, raw)
                 if not conn.dirty:
-                    conn.dirty = True
-                    conn.flusher.mark(conn)
+                    _mark(conn)
                 d.outq_append = outq.append
                 d.wbuf = wbuf
                 dests[idx] = d
@@ -270,7 +358,7 @@ def dispatch(self, client, reqs):
 # ServerConn.data_received
 
 
-def server_data_received(self, data):
+def server_data_received(ServerFields self, data):
     """Twin of `ServerConn.data_received`: pair the replies of one read with `outq`."""
     cdef Py_ssize_t before, nbytes, paired
     cdef object last = None
@@ -311,7 +399,10 @@ def server_data_received(self, data):
         stats.responses += paired
         stats.response_bytes += nbytes
         for client in clients:
-            client.drain()
+            if isinstance(client, ClientFields):
+                _client_drain(<ClientFields>client)
+            else:
+                client.drain()
         if paired > self.swallowed:
             self.slot.ok()
         if self.timer is not None and not outq:
@@ -324,14 +415,19 @@ def server_data_received(self, data):
 # ClientConn.drain / req_done
 
 
-def client_drain(self):
+def client_drain(ClientFields self):
     """Twin of `ClientConn.drain`: write every finished reply at the head of the queue."""
+    _client_drain(self)
+
+
+cdef int _client_drain(ClientFields self) except -1:
     global _py_drain
     if self.runtime.observe is not None:
         if _py_drain is None:
             from keyshard.net.client import py_drain
             _py_drain = py_drain
-        return _py_drain(self)
+        _py_drain(self)
+        return 0
     queue = self.queue
     cdef list wbuf = self.wbuf
     popleft = None
@@ -345,8 +441,7 @@ def client_drain(self):
         popleft()
         PyList_Append(wbuf, reply)  # Writer.write, inlined: once per reply
     if not self.dirty and wbuf:
-        self.dirty = True
-        self.flusher.mark(self)
+        _mark(self)
     close_mark = self.close_mark
     if close_mark is not None and close_mark not in queue:
         self.close_in_error()
@@ -354,9 +449,10 @@ def client_drain(self):
         self.close()
     elif self.read_paused:
         self.maybe_resume()
+    return 0
 
 
-def client_req_done(self, req):
+def client_req_done(ClientFields self, req):
     """Twin of `ClientConn.req_done`."""
     queue = self.queue
     if not queue or queue[0] is not req:
@@ -367,7 +463,7 @@ def client_req_done(self, req):
 # ClientConn.data_received
 
 
-def client_data_received(self, data):
+def client_data_received(ClientFields self, data):
     """Twin of `ClientConn.data_received`: parse one read, dispatch it, pause a long queue."""
     if self.closing:
         return
@@ -382,37 +478,18 @@ def client_data_received(self, data):
         self.pause_reading()
 
 # --------------------------------------------------------------------------------------------
-# Flusher.flush / Writer.flush
+# Writer.flush
 
 
-def flusher_flush(self):
-    """Twin of `Flusher.flush`, with `Writer.flush` inlined for each dirty connection (both
-    connection classes inherit it; the reference calls `conn.flush()`)."""
-    self.scheduled = False
-    cdef list dirty = self.dirty
-    self.dirty = []
-    for conn in dirty:
-        writer_flush(conn)
-
-
-def writer_flush(self):
+def writer_flush(ConnFields self):
     """Twin of `Writer.flush`: one `transport.write` of everything buffered."""
-    self.dirty = False
-    cdef list wbuf = self.wbuf
-    if not wbuf:
-        return
-    transport = self.transport
-    if transport is None:
-        return  # not connected yet: connection_made flushes
-    self.wbuf = []
-    if transport.is_closing():
-        return
-    transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+    _writer_flush(self)
+
 
 # --------------------------------------------------------------------------------------------
 # PoolRuntime.split
 
-cdef object _SplitOwner = None  # keyshard.net.runtime.SplitOwner, fetched on first use (Rule 3)
+cdef object _SplitOwner = None  # keyshard.net.runtime.SplitOwner, fetched on first use (Rule 4)
 cdef object _new_request = None  # keyshard._speedups.new_request
 
 

@@ -517,7 +517,7 @@ needs_net = pytest.mark.skipif(_netfast is None and not EXPECTED,
 
 
 def test_net_twins_selected() -> None:
-    from keyshard.net import client, runtime, server, writer
+    from keyshard.net import client, fields, runtime, server, writer
 
     compiled = keyshard.speedups_in_use()
     if EXPECTED:
@@ -528,8 +528,12 @@ def test_net_twins_selected() -> None:
     assert (client.ClientConn.drain is not client.py_drain) == compiled
     assert (client.ClientConn.req_done is not client.py_req_done) == compiled
     assert (client.ClientConn.data_received is not client.py_data_received) == compiled
-    assert (writer.Flusher.flush is not writer.py_flusher_flush) == compiled
+    assert (writer.Flusher is not writer.PyFlusher) == compiled
     assert (writer.Writer.flush is not writer.py_writer_flush) == compiled
+    assert (fields.ClientFields is not fields.PyClientFields) == compiled
+    assert (fields.ServerFields is not fields.PyServerFields) == compiled
+    assert issubclass(client.ClientConn, fields.ClientFields)
+    assert issubclass(server.ServerConn, fields.ServerFields)
     if compiled:
         assert _netfast is not None and _netfast.request_slots_direct()
         assert runtime.PoolRuntime.dispatch is _netfast.dispatch
@@ -660,8 +664,32 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
     monkeypatch.setattr(client.ClientConn, "drain", client.py_drain)
     monkeypatch.setattr(client.ClientConn, "req_done", client.py_req_done)
     monkeypatch.setattr(client.ClientConn, "data_received", client.py_data_received)
-    monkeypatch.setattr(writer.Flusher, "flush", writer.py_flusher_flush)
+    monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
     monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
     pure = _net_transcript(observe)
     assert compiled == pure
     assert len(pure[-3]) > 0
+
+
+def test_connections_have_declared_fields_only() -> None:
+    """keyshard.net.fields Rule 1, in both modes: no __dict__, a stray attribute is an error."""
+    from keyshard.config import PoolConf, ServerConf
+    from keyshard.net.client import ClientConn
+    from keyshard.net.runtime import PoolRuntime
+    from keyshard.net.server import ServerConn
+    from keyshard.net.writer import Flusher
+
+    servers = [ServerConf(pname="127.0.0.1:7000:1", name="s0", host="127.0.0.1", port=7000,
+                          weight=1, is_unix=False)]
+    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
+                    listen_port=22121, redis=True, servers=servers)
+    loop = _Loop()
+    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    for conn in (ClientConn(rt), ServerConn(rt, rt.slots[0])):
+        assert not hasattr(conn, "__dict__")
+        with pytest.raises(AttributeError):
+            conn.qeue = None  # type: ignore[union-attr]
+        assert conn.wbuf == [] and conn.dirty is False and conn.closed is False
+    server = ServerConn(rt, rt.slots[0])
+    server.swallowed += 1
+    assert server.swallowed == 1 and server.timeout == 0.0

@@ -27,6 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
+from keyshard.net.fields import ClientFields
 from keyshard.net.writer import Writer
 from keyshard.protocol.base import (
     KIND_AUTH,
@@ -46,7 +47,8 @@ MAX_PENDING = 4096  # requests awaiting replies before we stop reading from the 
 RESUME_PENDING = MAX_PENDING // 2
 
 
-class ClientConn(asyncio.Protocol, Writer):
+class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
+    __slots__ = ()  # the fields are ClientFields' (keyshard.net.fields)
     batched = True  # a server sets the replies of one read, then calls drain() once (server.py)
     max_pending = MAX_PENDING
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
 from keyshard.net.client import ClientConn
+from keyshard.net.fields import ServerFields
 from keyshard.net.writer import Writer
 from keyshard.protocol.base import KIND_FORWARD, Request
 
@@ -90,7 +91,9 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
     return family, addr
 
 
-class ServerConn(asyncio.Protocol, Writer):
+class ServerConn(ServerFields, asyncio.Protocol, Writer):  # type: ignore[misc]
+    __slots__ = ()  # the fields are ServerFields' (keyshard.net.fields)
+
     def __init__(self, runtime: PoolRuntime, slot: ServerSlot) -> None:
         self.runtime = runtime
         self.slot = slot

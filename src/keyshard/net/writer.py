@@ -39,7 +39,10 @@ class Flusher:
 
 
 class Writer:
-    """Mixin: a buffered, coalescing writer over an asyncio transport."""
+    """Mixin: a buffered, coalescing writer over an asyncio transport (its fields are in
+    `keyshard.net.fields.ConnFields`)."""
+
+    __slots__ = ()
 
     transport: Any
     flusher: Flusher
@@ -67,13 +70,13 @@ class Writer:
 
 
 # The references stay reachable under these names (tests).
-py_flusher_flush = Flusher.flush
+PyFlusher = Flusher
 py_writer_flush = Writer.flush
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
-            flusher_flush as _flusher_flush,
+            Flusher,
         )
         from keyshard._netfast import (
             writer_flush as _writer_flush,
@@ -81,5 +84,4 @@ if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     except ImportError:
         pass
     else:
-        Flusher.flush = _flusher_flush  # type: ignore[method-assign]
         Writer.flush = _writer_flush  # type: ignore[method-assign]

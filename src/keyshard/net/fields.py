@@ -1,0 +1,45 @@
+"""The fields of the two connection classes, declared once (slots, no per-instance dict).
+
+`ClientConn` and `ServerConn` take their storage from these bases. The compiled twin
+(`keyshard._netfast`, when built and not disabled) declares the same names as C struct members
+of extension types, so the compiled hot loops read and write them without a dictionary or
+descriptor lookup; Python code sees the same attributes either way.
+
+Rule 1: every attribute a connection has is listed here; setting another one raises
+        AttributeError (a typo is loud, and no connection grows a `__dict__`).
+Rule 2: the compiled twin types a few of them (`wbuf` is a list, the flags are booleans,
+        `timeout` a float, `swallowed` an int); the code only ever stores such values there.
+"""
+
+from __future__ import annotations
+
+from keyshard import speedups_enabled
+
+
+class ConnFields:
+    """What both connection classes have: the writer's buffer and the codec's parser."""
+
+    __slots__ = ("runtime", "flusher", "codec", "parser", "transport", "wbuf", "dirty", "closed")
+
+
+class ClientFields(ConnFields):
+    __slots__ = ("queue", "close_mark", "closing", "eof", "quit", "failed", "counted",
+                 "read_paused", "write_paused", "authenticated")
+
+
+class ServerFields(ConnFields):
+    __slots__ = ("slot", "outq", "sock", "timer", "stats", "connected", "timeout", "swallowed")
+
+
+# The references stay reachable under these names (tests).
+PyConnFields, PyClientFields, PyServerFields = ConnFields, ClientFields, ServerFields
+
+if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            ClientFields,
+            ConnFields,
+            ServerFields,
+        )
+    except ImportError:
+        pass

@@ -12,6 +12,7 @@
     writer_flush         keyshard.net.writer.Writer.flush
     ConnFields...        keyshard.net.fields: the connections' fields as C struct members
     split                keyshard.net.runtime.PoolRuntime.split
+    SplitOwner           keyshard.net.runtime.SplitOwner
 
 Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTENSIONS=1).
 
@@ -487,20 +488,90 @@ def writer_flush(ConnFields self):
 
 
 # --------------------------------------------------------------------------------------------
-# PoolRuntime.split
+# SplitOwner
 
-cdef object _SplitOwner = None  # keyshard.net.runtime.SplitOwner, fetched on first use (Rule 4)
 cdef object _new_request = None  # keyshard._speedups.new_request
+cdef object _finish_failed = None  # keyshard.net.runtime.finish_failed (Rule 4)
+cdef object _first_error = None  # keyshard.net.runtime.first_error
+cdef object _SWALLOW = None  # keyshard.net.server.SWALLOW
+
+
+cdef int _split_imports() except -1:
+    global _new_request, _finish_failed, _first_error, _SWALLOW
+    from keyshard._speedups import new_request
+    from keyshard.net.runtime import finish_failed, first_error
+    from keyshard.net.server import SWALLOW
+    _new_request, _finish_failed, _first_error, _SWALLOW = (
+        new_request, finish_failed, first_error, SWALLOW)
+    return 0
+
+
+cdef class SplitOwner:
+    """Twin of `keyshard.net.runtime.SplitOwner`: collects the fragment replies of one split
+    request; the failure paths call the reference's `finish_failed`."""
+    cdef public object runtime, parent, errors
+    cdef public list replies, order
+    cdef public Py_ssize_t pending
+    cdef public bint splitting
+
+    batched = False  # told of each fragment reply at once (req_done)
+
+    def __init__(self, runtime, parent, Py_ssize_t nfrags):
+        if _SWALLOW is None:
+            _split_imports()
+        self.runtime = runtime
+        self.parent = parent
+        self.replies = [None] * nfrags
+        self.pending = nfrags
+        self.errors = None
+        self.order = []
+        self.splitting = True
+
+    def req_done(self, frag):
+        client = _get(self.parent, O_OWNER, "owner")
+        if client.closed:
+            _SWALLOW.req_done(frag)  # the client went away: nobody reads it
+            return
+        self.replies[frag.ctx] = _get(frag, O_REPLY, "reply")
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def req_failed(self, frag, reply):
+        if self.errors is None:
+            self.errors = [None] * len(self.replies)
+        self.errors[frag.ctx] = reply
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def first_error(self, errors):
+        return _first_error(self, errors)
+
+    cpdef finish(self):
+        parent = self.parent
+        client = _get(parent, O_OWNER, "owner")
+        if client.closed:
+            return
+        if self.errors is None:
+            try:
+                reply = self.runtime.codec.merge(parent, parent.ctx, self.replies)
+            except _base.MergeError:
+                pass
+            else:
+                _set(parent, O_REPLY, reply, "reply")
+                client.req_done(parent)
+                return
+        _finish_failed(self)
+
+# --------------------------------------------------------------------------------------------
+# PoolRuntime.split
 
 
 def split(self, req, now):
     """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
-    global _SplitOwner, _new_request
-    if _SplitOwner is None:
-        from keyshard.net.runtime import SplitOwner
-        from keyshard._speedups import new_request
-        _SplitOwner = SplitOwner
-        _new_request = new_request
+    if _new_request is None:
+        _split_imports()
     pool = self.pool
     codec = self.codec
     frags, ctx = codec.split(req, pool.grouper())
@@ -517,7 +588,7 @@ def split(self, req, now):
             PyList_Append(firsts, args[pos * step])
             nfirsts += 1
         pos += 1
-    owner = _SplitOwner(self, req, nfrags)
+    cdef SplitOwner owner = SplitOwner(self, req, nfrags)
     if not self.quirks:  # nutcracker never counts fragments
         self.stats.fragments += nfrags
     # fragment positions in server order (a stable insertion sort: a handful of servers)
@@ -532,24 +603,37 @@ def split(self, req, now):
             j -= 1
         order[j + 1] = p
     owner.order = order
-    route = pool.route
+    # pool.route(key, now) per fragment: the rebuild check once, again after a failure
+    route = pool.router(now)
     cdef list slots = self.slots
+    cdef ServerFields conn
     for p in order:
         raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
         frag = _new_request(raw, KIND_FORWARD, cmd, b"")
         _set(frag, O_OWNER, owner, "owner")
         frag.ctx = p
-        idx = route(firsts[<Py_ssize_t>p], now)
+        idx = route(firsts[<Py_ssize_t>p])
         if idx < 0:
             owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
+            route = pool.router(now)
             continue
         slot = slots[idx]
-        conn = slot.ready or slot.conn()
-        if conn is None:
+        conn_obj = slot.ready or slot.conn()
+        if conn_obj is None:
             owner.req_failed(frag, codec.error_reply(slot.error))
+            route = pool.router(now)  # opening failed: a server may be ejected
             continue
         stats = slot.stats
         stats.requests += 1
         stats.request_bytes += len(raw)
-        conn.send(frag)
+        conn = conn_obj
+        if conn.timeout > 0.0:
+            conn_obj.send(frag)
+            continue
+        # conn.send(frag), inlined for a connection without a timeout
+        _set(frag, O_SERVER, conn, "server")
+        conn.outq.append(frag)
+        PyList_Append(conn.wbuf, raw)
+        if not conn.dirty:
+            _mark(conn)
     owner.splitting = False

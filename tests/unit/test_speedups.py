@@ -524,6 +524,7 @@ def test_net_twins_selected() -> None:
         assert _netfast is not None, "the compiled run has no keyshard._netfast (not built?)"
     assert (runtime.PoolRuntime.dispatch is not runtime.py_dispatch) == compiled
     assert (runtime.PoolRuntime.split is not runtime.py_split) == compiled
+    assert (runtime.SplitOwner is not runtime.PySplitOwner) == compiled
     assert (server.ServerConn.data_received is not server.py_data_received) == compiled
     assert (client.ClientConn.drain is not client.py_drain) == compiled
     assert (client.ClientConn.req_done is not client.py_req_done) == compiled
@@ -660,6 +661,7 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
     compiled = _net_transcript(observe)
     monkeypatch.setattr(runtime.PoolRuntime, "dispatch", runtime.py_dispatch)
     monkeypatch.setattr(runtime.PoolRuntime, "split", runtime.py_split)
+    monkeypatch.setattr(runtime, "SplitOwner", runtime.PySplitOwner)
     monkeypatch.setattr(server.ServerConn, "data_received", server.py_data_received)
     monkeypatch.setattr(client.ClientConn, "drain", client.py_drain)
     monkeypatch.setattr(client.ClientConn, "req_done", client.py_req_done)

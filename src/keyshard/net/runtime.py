@@ -163,50 +163,60 @@ class SplitOwner:
         if self.pending == 0:
             self.finish()
 
-    def first_error(self, errors: list[bytes | None]) -> bytes:
-        """The error of the first failed fragment (in send order) with a reason (Rule 4)."""
-        unknown = self.runtime.unknown_error
-        for pos in self.order:
-            error = errors[pos]
-            if error is not None and error != unknown:
-                return error
-        return unknown
-
     def finish(self) -> None:
-        runtime = self.runtime
         parent = self.parent
         client = parent.owner
         if client.closed:
             return
-        codec = runtime.codec
-        close = False
-        if self.errors is not None:
-            reply = self.first_error(self.errors)
-            close = codec.close_on_split_error(parent)
-        else:
+        if self.errors is None:
             try:
-                reply = codec.merge(parent, parent.ctx, self.replies)
+                reply = self.runtime.codec.merge(parent, parent.ctx, self.replies)
             except MergeError:
-                reply = codec.error_reply(EINVAL)
-                close = runtime.close_on_merge_error(parent, self.replies)
+                pass
             else:
                 parent.reply = reply
                 client.req_done(parent)
                 return
-        if close:
-            queue = client.queue
-            if self.splitting or (client.eof and queue and queue[0] is parent):
-                # nutcracker closes within this read, or at the client's next event, which is
-                # a read (its EOF), before any write: nothing more is sent (Rule 5)
-                client.wbuf = []
-                client.failed = True
-                client.close()
-                return
-            if client.close_mark is None:
-                client.close_mark = parent
-        runtime.stats.forward_error += 1
-        parent.reply = reply
-        client.req_done(parent)
+        finish_failed(self)
+
+
+def first_error(owner: Any, errors: list[bytes | None]) -> bytes:
+    """The error of the first failed fragment (in send order) with a reason (Rule 4)."""
+    unknown = owner.runtime.unknown_error
+    for pos in owner.order:
+        error = errors[pos]
+        if error is not None and error != unknown:
+            return error
+    return unknown
+
+
+def finish_failed(owner: Any) -> None:
+    """A fragment failed, or the merge did: the parent's error reply, and the close that
+    nutcracker makes after some of them (Rules 4, 5)."""
+    runtime = owner.runtime
+    parent = owner.parent
+    client = parent.owner
+    codec = runtime.codec
+    if owner.errors is not None:
+        reply = first_error(owner, owner.errors)
+        close = codec.close_on_split_error(parent)
+    else:
+        reply = codec.error_reply(EINVAL)
+        close = runtime.close_on_merge_error(parent, owner.replies)
+    if close:
+        queue = client.queue
+        if owner.splitting or (client.eof and queue and queue[0] is parent):
+            # nutcracker closes within this read, or at the client's next event, which is
+            # a read (its EOF), before any write: nothing more is sent (Rule 5)
+            client.wbuf = []
+            client.failed = True
+            client.close()
+            return
+        if client.close_mark is None:
+            client.close_mark = parent
+    runtime.stats.forward_error += 1
+    parent.reply = reply
+    client.req_done(parent)
 
 
 class PoolRuntime:
@@ -404,6 +414,7 @@ class PoolRuntime:
 # The reference stays reachable under this name (tests; the twin calls it when `observe` is set).
 py_dispatch = PoolRuntime.dispatch
 py_split = PoolRuntime.split
+PySplitOwner = SplitOwner
 
 if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
     try:
@@ -411,6 +422,7 @@ if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
             dispatch as _dispatch,
         )
         from keyshard._netfast import split as _split
+        from keyshard._netfast import SplitOwner  # noqa: F811 (its compiled twin)
     except ImportError:
         pass
     else:

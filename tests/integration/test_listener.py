@@ -1,13 +1,16 @@
 """The listener's parked clients (keyshard.net.listener Rule 3), in process, on asyncio's own
 loop and on uvloop, in front of a real redis-server: a client that sent nothing holds no
 transport, is counted as a client connection, and becomes a normal client at its first byte
-or its EOF; a listener that closes closes its parked clients.
+or its EOF; a listener that closes closes its parked clients; running out of descriptors
+pauses accepting instead of spinning or crashing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +22,7 @@ from keyshard.config import parse_config
 from keyshard.net.listener import Listener, listen
 from keyshard.net.runtime import PoolRuntime
 from keyshard.net.writer import Flusher
-from tests.support.procs import RedisServer, free_port, pool_yaml
+from tests.support.procs import Keyshard, RedisServer, free_port, pool_yaml
 from tests.support.rig import resp
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -192,3 +195,49 @@ def test_unix_socket_listener_parks_too(redis: RedisServer, tmp_path: Any) -> No
         loop.run_until_complete(asyncio.wait_for(main(), 20))
     finally:
         loop.close()
+
+
+class LimitedKeyshard(Keyshard):
+    """keyshard with few file descriptors (prlimit): it runs out while accepting."""
+
+    def argv(self) -> list[str]:
+        return ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", *super().argv()]
+
+
+FD_LIMIT = 40
+
+
+def test_out_of_descriptors_pauses_accepting_and_recovers(redis: RedisServer) -> None:
+    """Listener Rule 4: EMFILE stops accepting for a second (no spinning, no crash); once
+    descriptors are free again, new clients are served."""
+    port = free_port()
+    conf = pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True, backlog=512)
+    with LimitedKeyshard(conf, verbose=5).start(port) as proxy:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+        try:
+            time.sleep(1.5)
+            assert proxy.alive()
+            assert "Too many open files" in proxy.log()
+            cpu = proxy_cpu_seconds(proxy.pid)
+            time.sleep(1.0)
+            assert proxy_cpu_seconds(proxy.pid) - cpu < 0.5, "spinning on the listener"
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    sock.sendall(resp("PING"))
+                    assert sock.recv(100) == b"+PONG\r\n"
+                    break
+            except (OSError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert proxy.alive()
+
+
+def proxy_cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -56,7 +56,8 @@ class Cell:
         return self.ok == 0
 
 
-_IDLE_KEYS = ("rss_before_kb", "rss_idle_kb", "rss_after_kb", "kb_per_idle_conn")
+_IDLE_KEYS = ("rss_before_kb", "rss_idle_kb", "rss_used_kb", "rss_after_kb", "kb_per_idle_conn",
+              "kb_per_used_conn")
 
 
 def cell(runs: list[Run]) -> Cell:
@@ -175,16 +176,17 @@ def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],
         return []
     n = meta.get("idle_conns", 1000)
     out = ["", f"Idle connections ({n} held open, fresh proxy each run):", "",
-           "| proxy | RSS before MB | RSS with idle MB | RSS after GET load MB "
-           "| KB per idle conn |",
-           "|---|---:|---:|---:|---:|"]
+           "| proxy | RSS before MB | RSS with idle MB | RSS after one PING each MB "
+           "| RSS after GET load MB | KB per idle conn | KB per conn after one request |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
     for p in labels:
         c = cells.get(p)
         if c is None:
             continue
         vals = [c.idle.get(k) for k in _IDLE_KEYS]
-        mb = [_fmt(None if v is None else v / 1024, ".1f", c) for v in vals[:3]]
-        out.append(f"| {p} | " + " | ".join(mb) + f" | {_fmt(vals[3], '.2f', c)} |")
+        mb = [_fmt(None if v is None else v / 1024, ".1f", c) for v in vals[:4]]
+        out.append(f"| {p} | " + " | ".join(mb)
+                   + f" | {_fmt(vals[4], '.2f', c)} | {_fmt(vals[5], '.2f', c)} |")
     return out
 
 

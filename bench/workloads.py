@@ -214,7 +214,8 @@ def _client_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple
 
 def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[int, ...],
               run: Run) -> None:
-    """Fresh proxy, RSS, open N idle connections, RSS, GET load with them held, RSS."""
+    """Fresh proxy, RSS, open N idle connections, RSS, one PING on each, RSS, GET load with
+    them held, RSS."""
     idle = IDLE_CONNS
     proxy.stop()          # a fresh process: free lists of a previous run would hide the cost
     try:
@@ -233,9 +234,14 @@ def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[i
         _wait_accepted(proxy, sockets0 + idle, 20.0)
         time.sleep(0.5)
         held = tree_rss_kb(proxy.pid)
+        _ping_all(holder, idle, 30.0)
+        time.sleep(0.5)
+        used = tree_rss_kb(proxy.pid)
         _client_run(w, proxy, n, timeout, others, run)
         run.extra.update(idle_conns=idle, rss_before_kb=before, rss_idle_kb=held,
-                         rss_after_kb=run.rss_kb, kb_per_idle_conn=(held - before) / idle)
+                         rss_used_kb=used, rss_after_kb=run.rss_kb,
+                         kb_per_idle_conn=(held - before) / idle,
+                         kb_per_used_conn=(used - before) / idle)
     finally:
         _stop_holder(holder, run)
 
@@ -246,6 +252,17 @@ def _wait_ready(holder: subprocess.Popen[str], idle: int, timeout: float) -> Non
     line = holder.stdout.readline().strip() if ready else ""
     if line != f"ready {idle}":
         raise RunFailed(f"idle holder: {line or 'no answer'}")
+
+
+def _ping_all(holder: subprocess.Popen[str], idle: int, timeout: float) -> None:
+    """Every idle connection sends one request and gets its reply (then sits idle again)."""
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("ping\n")
+    holder.stdin.flush()
+    ready, _, _ = select.select([holder.stdout], [], [], timeout)
+    line = holder.stdout.readline().strip() if ready else ""
+    if line != f"pinged {idle}":
+        raise RunFailed(f"idle holder: {line or 'no answer'} (expected pinged {idle})")
 
 
 def _wait_accepted(proxy: Proxy, want: int, timeout: float) -> None:

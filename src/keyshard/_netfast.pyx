@@ -139,7 +139,8 @@ cdef class ConnFields:
 
 cdef class ClientFields(ConnFields):
     """Twin of `keyshard.net.fields.ClientFields`."""
-    cdef public object queue, close_mark
+    cdef public list queue
+    cdef public object close_mark
     cdef public bint closing, eof, quit, failed, counted, read_paused, write_paused
     cdef public bint authenticated
 
@@ -429,18 +430,17 @@ cdef int _client_drain(ClientFields self) except -1:
             _py_drain = py_drain
         _py_drain(self)
         return 0
-    queue = self.queue
+    cdef list queue = self.queue
     cdef list wbuf = self.wbuf
-    popleft = None
-    while queue:
-        head = queue[0]
-        reply = _get(head, O_REPLY, "reply")
+    cdef Py_ssize_t done = 0, n = len(queue)
+    while done < n:
+        reply = _get(queue[done], O_REPLY, "reply")
         if reply is None:
             break
-        if popleft is None:
-            popleft = queue.popleft
-        popleft()
+        done += 1
         PyList_Append(wbuf, reply)  # Writer.write, inlined: once per reply
+    if done:
+        del queue[:done]
     if not self.dirty and wbuf:
         _mark(self)
     close_mark = self.close_mark

@@ -241,3 +241,52 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(redis: RedisServer) ->
 def proxy_cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_without_epoll_the_loops_own_server_accepts(redis: RedisServer, loop_name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule 3's fallback: no parking; the accepted socket still gets TCP_NODELAY."""
+    import select
+
+    monkeypatch.delattr(select, "epoll")
+    port = free_port()
+    (conf,) = parse_config(pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True,
+                                     tcpkeepalive=True), "t.yml")
+    loop = LOOPS[loop_name]()
+    try:
+        async def main() -> None:
+            runtime = PoolRuntime(conf, loop, Flusher(loop))
+            server = await listen(runtime)
+            assert not isinstance(server, Listener)
+            try:
+                sock = connect(port)
+                await talk(sock, resp("PING"), b"+PONG\r\n")
+                (client,) = runtime.clients
+                accepted = client.transport.get_extra_info("socket")
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                assert runtime.total_clients == 1 and runtime.parked == 0
+                sock.close()
+            finally:
+                server.close()
+                runtime.close()
+                await asyncio.sleep(0.05)
+
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_parked_client_gets_tcp_options(redis: RedisServer, loop_name: str) -> None:
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        sock = connect(port)
+        await talk(sock, resp("PING"), b"+PONG\r\n")
+        (client,) = runtime.clients
+        accepted = client.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        sock.close()
+
+    in_process(redis, loop_name, scenario, tcpkeepalive=True)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
@@ -60,7 +58,9 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
         self.transport: Any = None
         self.wbuf: list[bytes] = []
         self.dirty = False
-        self.queue: deque[Request] = deque()
+        # a list, not a deque: 56 bytes instead of 760 for an idle connection; drain removes
+        # the answered head in one slice deletion
+        self.queue: list[Request] = []
         self.closing = False  # QUIT or protocol error seen: answer what came before, then close
         self.eof = False  # the client half-closed (FIN)
         self.quit = False  # QUIT seen: nutcracker counts the close as an EOF too
@@ -75,15 +75,8 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
     # -- asyncio callbacks ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # TCP_NODELAY and SO_KEEPALIVE are set where the client is accepted (listener.py)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.runtime.conf.tcpkeepalive:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            except OSError:
-                pass
         self.runtime.client_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -196,15 +189,17 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
         wbuf = self.wbuf
         observe = self.runtime.observe
         now = self.runtime.loop.time() if observe is not None else 0.0
-        while queue:
-            head = queue[0]
+        done = 0
+        for head in queue:
             reply = head.reply
             if reply is None:
                 break
-            queue.popleft()
+            done += 1
             wbuf.append(reply)  # Writer.write, inlined: once per reply
             if observe is not None:
                 observe(head.cmd, now - head.start)
+        if done:
+            del queue[:done]
         if not self.dirty and wbuf:
             self.dirty = True
             self.flusher.mark(self)

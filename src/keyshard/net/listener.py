@@ -121,18 +121,11 @@ class Listener:
 
     async def promote(self, sock: socket.socket) -> None:
         runtime = self.runtime
-        made = False
-
-        def factory() -> ClientConn:
-            nonlocal made
-            made = True
-            runtime.parked -= 1  # from now on counted in runtime.clients
-            return ClientConn(runtime)
-
+        maker = _ClientMaker(runtime)
         try:
-            await self.loop.connect_accepted_socket(factory, sock)
+            await self.loop.connect_accepted_socket(maker, sock)
         except (OSError, RuntimeError) as err:
-            if not made:
+            if not maker.made:
                 runtime.parked -= 1
                 runtime.stats.client_err += 1
             if log.isEnabledFor(logging.INFO):
@@ -155,6 +148,39 @@ class Listener:
         self.parked.clear()
         self.epoll.close()
 
+
+
+class _ClientMaker:
+    """The protocol factory of one promotion (a class, not a closure: no reference cycle)."""
+
+    __slots__ = ("runtime", "made")
+
+    def __init__(self, runtime: PoolRuntime) -> None:
+        self.runtime = runtime
+        self.made = False
+
+    def __call__(self) -> ClientConn:
+        self.made = True
+        self.runtime.parked -= 1  # from now on counted in runtime.clients
+        return ClientConn(self.runtime)
+
+
+class _AcceptedClient(ClientConn):
+    """A client accepted by the loop's own server (no epoll): its socket options are set
+    when its transport is made."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.runtime.conf.tcpkeepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        super().connection_made(transport)
 
 
 async def listen(runtime: PoolRuntime) -> Any:
@@ -215,7 +241,7 @@ async def _asyncio_server(runtime: PoolRuntime) -> asyncio.AbstractServer:
 
     def factory() -> ClientConn:
         runtime.total_clients += 1
-        return ClientConn(runtime)
+        return _AcceptedClient(runtime)
 
     if conf.listen_unix:
         path = conf.listen_host

@@ -1,0 +1,82 @@
+# Included by _netfast.pyx: the connections' fields as C struct members, and the flusher.
+
+# --------------------------------------------------------------------------------------------
+# Connection fields (keyshard.net.fields): C struct members instead of slots
+
+
+cdef class ConnFields:
+    """Twin of `keyshard.net.fields.ConnFields`."""
+    cdef public object runtime, flusher, codec, parser, transport
+    cdef public list wbuf
+    cdef public bint dirty, closed
+
+
+cdef class ClientFields(ConnFields):
+    """Twin of `keyshard.net.fields.ClientFields`."""
+    cdef public list queue
+    cdef public object close_mark
+    cdef public bint closing, eof, quit, failed, counted, read_paused, write_paused
+    cdef public bint authenticated
+
+
+cdef class ServerFields(ConnFields):
+    """Twin of `keyshard.net.fields.ServerFields`."""
+    cdef public object slot, outq, sock, timer, stats
+    cdef public bint connected
+    cdef public double timeout
+    cdef public Py_ssize_t swallowed
+
+
+cdef inline int _mark(ConnFields conn) except -1:
+    """`conn.flusher.mark(conn)` once per iteration (Writer.write's second half)."""
+    conn.dirty = True
+    flusher = conn.flusher
+    if type(flusher) is Flusher:
+        (<Flusher>flusher).mark(conn)
+    else:
+        flusher.mark(conn)
+    return 0
+
+
+cdef class Flusher:
+    """Twin of `keyshard.net.writer.Flusher`: one flush of every dirty connection per loop
+    iteration, from a single `call_soon`."""
+    cdef public object loop
+    cdef public list dirty
+    cdef public bint scheduled
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.dirty = []
+        self.scheduled = False
+
+    cpdef mark(self, conn):
+        PyList_Append(self.dirty, conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self):
+        self.scheduled = False
+        cdef list dirty = self.dirty
+        self.dirty = []
+        for conn in dirty:
+            if isinstance(conn, ConnFields):
+                _writer_flush(<ConnFields>conn)
+            else:
+                conn.flush()
+
+
+cdef int _writer_flush(ConnFields self) except -1:
+    self.dirty = False
+    cdef list wbuf = self.wbuf
+    if not wbuf:
+        return 0
+    transport = self.transport
+    if transport is None:
+        return 0  # not connected yet: connection_made flushes
+    self.wbuf = []
+    if transport.is_closing():
+        return 0
+    transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+    return 0

@@ -1,0 +1,152 @@
+# Included by _netfast.pyx: split requests (SplitOwner, PoolRuntime.split).
+
+# --------------------------------------------------------------------------------------------
+# SplitOwner
+
+cdef object _new_request = None  # keyshard._speedups.new_request
+cdef object _finish_failed = None  # keyshard.net.runtime.finish_failed (Rule 4)
+cdef object _first_error = None  # keyshard.net.runtime.first_error
+cdef object _SWALLOW = None  # keyshard.net.server.SWALLOW
+
+
+cdef int _split_imports() except -1:
+    global _new_request, _finish_failed, _first_error, _SWALLOW
+    from keyshard._speedups import new_request
+    from keyshard.net.runtime import finish_failed, first_error
+    from keyshard.net.server import SWALLOW
+    _new_request, _finish_failed, _first_error, _SWALLOW = (
+        new_request, finish_failed, first_error, SWALLOW)
+    return 0
+
+
+cdef class SplitOwner:
+    """Twin of `keyshard.net.runtime.SplitOwner`: collects the fragment replies of one split
+    request; the failure paths call the reference's `finish_failed`."""
+    cdef public object runtime, parent, errors
+    cdef public list replies, order
+    cdef public Py_ssize_t pending
+    cdef public bint splitting
+
+    batched = False  # told of each fragment reply at once (req_done)
+
+    def __init__(self, runtime, parent, Py_ssize_t nfrags):
+        if _SWALLOW is None:
+            _split_imports()
+        self.runtime = runtime
+        self.parent = parent
+        self.replies = [None] * nfrags
+        self.pending = nfrags
+        self.errors = None
+        self.order = []
+        self.splitting = True
+
+    def req_done(self, frag):
+        client = _get(self.parent, O_OWNER, "owner")
+        if client.closed:
+            _SWALLOW.req_done(frag)  # the client went away: nobody reads it
+            return
+        self.replies[frag.ctx] = _get(frag, O_REPLY, "reply")
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def req_failed(self, frag, reply):
+        if self.errors is None:
+            self.errors = [None] * len(self.replies)
+        self.errors[frag.ctx] = reply
+        self.pending -= 1
+        if self.pending == 0:
+            self.finish()
+
+    def first_error(self, errors):
+        return _first_error(self, errors)
+
+    cpdef finish(self):
+        parent = self.parent
+        client = _get(parent, O_OWNER, "owner")
+        if client.closed:
+            return
+        if self.errors is None:
+            try:
+                reply = self.runtime.codec.merge(parent, parent.ctx, self.replies)
+            except _base.MergeError:
+                pass
+            else:
+                _set(parent, O_REPLY, reply, "reply")
+                client.req_done(parent)
+                return
+        _finish_failed(self)
+
+# --------------------------------------------------------------------------------------------
+# PoolRuntime.split
+
+
+def split(self, req, now):
+    """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
+    if _new_request is None:
+        _split_imports()
+    pool = self.pool
+    codec = self.codec
+    frags, ctx = codec.split(req, pool.grouper())
+    req.ctx = ctx
+    args = req.args
+    cmd = req.cmd
+    cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
+    cdef list frag_list = frags
+    cdef Py_ssize_t nfrags = len(frag_list)
+    cdef list firsts = []
+    cdef Py_ssize_t pos = 0, nfirsts = 0, i, j
+    for frag_no in ctx:
+        if frag_no == nfirsts:
+            PyList_Append(firsts, args[pos * step])
+            nfirsts += 1
+        pos += 1
+    cdef SplitOwner owner = SplitOwner(self, req, nfrags)
+    if not self.quirks:  # nutcracker never counts fragments
+        self.stats.fragments += nfrags
+    # fragment positions in server order (a stable insertion sort: a handful of servers)
+    cdef list order = list(range(nfrags))
+    cdef list servers = [f[0] for f in frag_list]
+    for i in range(1, nfrags):
+        p = order[i]
+        s = servers[<Py_ssize_t>p]
+        j = i - 1
+        while j >= 0 and servers[<Py_ssize_t>order[j]] > s:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = p
+    owner.order = order
+    # pool.route(key, now) per fragment: the rebuild check once, again after a failure
+    route = pool.router(now)
+    cdef list slots = self.slots
+    cdef ServerFields conn
+    for p in order:
+        raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
+        frag = _new_request(raw, KIND_FORWARD, cmd, b"")
+        _set(frag, O_OWNER, owner, "owner")
+        frag.ctx = p
+        idx = route(firsts[<Py_ssize_t>p])
+        if idx < 0:
+            owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
+            route = pool.router(now)
+            continue
+        slot = slots[idx]
+        conn_obj = slot.ready or slot.conn()
+        if conn_obj is None:
+            owner.req_failed(frag, codec.error_reply(slot.error))
+            route = pool.router(now)  # opening failed: a server may be ejected
+            continue
+        stats = slot.stats
+        stats.requests += 1
+        stats.request_bytes += len(raw)
+        conn = conn_obj
+        if conn.timeout > 0.0:
+            conn_obj.send(frag)
+            continue
+        # conn.send(frag), inlined for a connection without a timeout
+        _set(frag, O_SERVER, conn, "server")
+        conn.outq.append(frag)
+        PyList_Append(conn.wbuf, raw)
+        if not conn.dirty:
+            _mark(conn)
+    owner.splitting = False

@@ -16,7 +16,7 @@ cdef class ClientFields(ConnFields):
     cdef public list queue
     cdef public object close_mark
     cdef public bint closing, eof, quit, failed, counted, read_paused, write_paused
-    cdef public bint authenticated
+    cdef public bint authenticated, deferred
 
 
 cdef class ServerFields(ConnFields):
@@ -60,8 +60,16 @@ cdef class Flusher:
         self.scheduled = False
         cdef list dirty = self.dirty
         self.dirty = []
+        cdef ClientFields client
         for conn in dirty:
             if isinstance(conn, ConnFields):
+                if isinstance(conn, ClientFields):
+                    client = <ClientFields>conn
+                    if not client.deferred and client.queue and client.transport is not None:
+                        client.deferred = True  # writer Rule 3: once, then written
+                        self.mark(client)
+                        continue
+                    client.deferred = False
                 _writer_flush(<ConnFields>conn)
             else:
                 conn.flush()

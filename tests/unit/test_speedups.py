@@ -695,3 +695,43 @@ def test_connections_have_declared_fields_only() -> None:
     server = ServerConn(rt, rt.slots[0])
     server.swallowed += 1
     assert server.swallowed == 1 and server.timeout == 0.0
+
+
+def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:
+    """keyshard.net.writer Rule 3, in both modes: a client whose queue still waits is written
+    one loop iteration later (once); a client with nothing pending is written at once."""
+    from keyshard.config import PoolConf, ServerConf
+    from keyshard.net.client import ClientConn
+    from keyshard.net.runtime import PoolRuntime
+    from keyshard.net.writer import Flusher
+    from keyshard.protocol.base import KIND_FORWARD, Request
+
+    servers = [ServerConf(pname="127.0.0.1:7000:1", name="s0", host="127.0.0.1", port=7000,
+                          weight=1, is_unix=False)]
+    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
+                    listen_port=22121, redis=True, servers=servers)
+    loop = _Loop()
+    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    waiting, idle = ClientConn(rt), ClientConn(rt)
+    for client in (waiting, idle):
+        client.connection_made(_Transport())  # type: ignore[arg-type]
+    waiting.queue.append(Request(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", KIND_FORWARD, b"get", b"k"))
+    for client in (waiting, idle):
+        client.write(b"+OK\r\n")
+
+    def step() -> None:
+        cb, args = loop.soon.pop(0)
+        cb(*args)
+
+    step()  # the first flush: the idle client is written, the waiting one put off
+    assert idle.transport.out == [b"+OK\r\n"] and waiting.transport.out == []
+    assert waiting.dirty and waiting.deferred and len(loop.soon) == 1
+    waiting.write(b"+MORE\r\n")  # the rest of its replies, read in the next iteration
+    step()
+    assert waiting.transport.out == [b"+OK\r\n+MORE\r\n"]
+    assert not waiting.dirty and not waiting.deferred and not loop.soon
+    waiting.write(b"+AGAIN\r\n")  # put off once more, then written even though it waits
+    step()
+    assert waiting.transport.out == [b"+OK\r\n+MORE\r\n"]
+    step()
+    assert waiting.transport.out[-1] == b"+AGAIN\r\n"

@@ -70,6 +70,7 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
         self.read_paused = False
         self.write_paused = False
         self.authenticated = runtime.conf.redis_auth is None
+        self.deferred = False  # its flush was put off by one loop iteration (writer Rule 3)
         self.close_mark: Request | None = None  # close once this reply is written (runtime Rule 5)
 
     # -- asyncio callbacks ----------------------------------------------------------------------

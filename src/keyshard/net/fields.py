@@ -1,6 +1,7 @@
 """The fields of the two connection classes, declared once (slots, no per-instance dict).
 
-`ClientConn` and `ServerConn` take their storage from these bases. The compiled twin
+`ClientConn` and `ServerConn` take their storage from these bases, and `PoolRuntime` the
+fields its hot paths read (`RuntimeFields`; its other attributes stay in its `__dict__`). The compiled twin
 (`keyshard._netfast`, when built and not disabled) declares the same names as C struct members
 of extension types, so the compiled hot loops read and write them without a dictionary or
 descriptor lookup; Python code sees the same attributes either way.
@@ -31,14 +32,23 @@ class ServerFields(ConnFields):
     __slots__ = ("slot", "outq", "sock", "timer", "stats", "connected", "timeout", "swallowed")
 
 
+class RuntimeFields:
+    """What the hot paths read of a pool at run time (keyshard.net.runtime.PoolRuntime)."""
+
+    __slots__ = ("loop", "pool", "slots", "stats", "codec", "observe", "quirks", "flusher",
+                 "__dict__")
+
+
 # The references stay reachable under these names (tests).
 PyConnFields, PyClientFields, PyServerFields = ConnFields, ClientFields, ServerFields
+PyRuntimeFields = RuntimeFields
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
             ClientFields,
             ConnFields,
+            RuntimeFields,
             ServerFields,
         )
     except ImportError:

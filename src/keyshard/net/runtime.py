@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
+from keyshard.net.fields import RuntimeFields
 from keyshard.net.server import ECONNREFUSED, EINVAL, SWALLOW, UNKNOWN, ServerConn
 from keyshard.pool import ServerPool
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
@@ -219,7 +220,7 @@ def finish_failed(owner: Any) -> None:
     client.req_done(parent)
 
 
-class PoolRuntime:
+class PoolRuntime(RuntimeFields):
     def __init__(self, conf: PoolConf, loop: asyncio.AbstractEventLoop, flusher: Flusher,
                  mbuf_size: int = 16384, quirks: bool = False) -> None:
         self.conf = conf

@@ -56,7 +56,7 @@ def extensions() -> list[Extension]:
         return []
     exts = [Extension("keyshard._speedups", ["src/keyshard/_speedups.pyx"], optional=True),
             Extension("keyshard._netfast", ["src/keyshard/_netfast.pyx"], optional=True)]
-    return cythonize(exts, language_level=3, quiet=True)
+    return cythonize(exts, language_level=3, quiet=True, include_path=["src"])
 
 
 setup(ext_modules=extensions())

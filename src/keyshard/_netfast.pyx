@@ -22,9 +22,9 @@ Rule 1: only the common case is compiled: forwarding a request on a server's one
         opening a connection, timeouts, bad replies); with an `observe` hook set (latency
         metrics) the twins call the reference itself. Behaviour is the reference's, step for
         step, in the same order.
-Rule 2: `Request` slots are read and written at their offsets (as `_speedups` builds them)
-        when the object is exactly `keyshard.protocol.base.Request` with plain slots; any
-        other object goes through getattr/setattr.
+Rule 2: requests that are the compiled `keyshard._speedups.Request` (what
+        `keyshard.protocol.base.Request` is when the extension is in use) are read and written
+        as C struct members (`_speedups.pxd`); any other object goes through getattr/setattr.
 Rule 3: the connections' fields are C struct members (`ConnFields`, `ClientFields`,
         `ServerFields`, the bases of the connection classes when this module is in use): the
         twins take `self` typed and read them directly.
@@ -35,22 +35,9 @@ import errno
 import os
 
 from cpython.list cimport PyList_Append
-from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
 
+from keyshard._speedups cimport Request
 from keyshard.protocol import base as _base
-
-cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-        int flags
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    int T_OBJECT_EX
-    int READONLY
-    PyTypeObject* Py_TYPE(object o)
 
 cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
 cdef object ECONNREFUSED = os.strerror(errno.ECONNREFUSED)
@@ -58,66 +45,51 @@ cdef object KIND_FORWARD = _base.KIND_FORWARD
 cdef object KIND_SPLIT = _base.KIND_SPLIT
 
 # --------------------------------------------------------------------------------------------
-# Request slots (Rule 2)
+# Request fields (Rule 2)
 
-cdef PyTypeObject* _req_type = NULL  # NULL: not plain slots, always getattr/setattr
-cdef Py_ssize_t O_RAW = 0, O_KIND = 0, O_KEY = 0, O_NOREPLY = 0, O_REPLY = 0, O_OWNER = 0
-cdef Py_ssize_t O_SERVER = 0
-
-
-cdef Py_ssize_t _offset(object cls, str name) except -1:
-    descr = cls.__dict__.get(name)
-    if type(descr).__name__ != "member_descriptor":
-        return 0
-    member = (<PyMemberDescrObject*>descr).d_member
-    if member.type != T_OBJECT_EX or member.flags & READONLY:
-        return 0
-    return member.offset
-
-
-cdef void _setup() except *:
-    global _req_type, O_RAW, O_KIND, O_KEY, O_NOREPLY, O_REPLY, O_OWNER, O_SERVER
-    cls = _base.Request
-    if type(cls) is not type or cls.__bases__ != (object,):
-        return
-    O_RAW = _offset(cls, "raw")
-    O_KIND = _offset(cls, "kind")
-    O_KEY = _offset(cls, "key")
-    O_NOREPLY = _offset(cls, "noreply")
-    O_REPLY = _offset(cls, "reply")
-    O_OWNER = _offset(cls, "owner")
-    O_SERVER = _offset(cls, "server")
-    if O_RAW and O_KIND and O_KEY and O_NOREPLY and O_REPLY and O_OWNER and O_SERVER:
-        _req_type = <PyTypeObject*>cls
-
-
-_setup()
+cdef enum:
+    O_RAW, O_KIND, O_KEY, O_NOREPLY, O_REPLY, O_OWNER, O_SERVER
 
 
 def request_slots_direct() -> bool:
-    """Whether Request slots are accessed at their offsets (tests)."""
-    return _req_type != NULL
+    """Whether requests are the compiled `Request`, read as C struct members (tests)."""
+    return _base.Request is Request
 
 
-cdef inline object _get(object req, Py_ssize_t off, str name):
-    cdef PyObject* value
-    if _req_type != NULL and Py_TYPE(req) == _req_type:
-        value = (<PyObject**>((<char*><PyObject*>req) + off))[0]
-        if value != NULL:
-            return <object>value
-    return getattr(req, name)  # raises AttributeError as the reference would
+cdef inline object _get(object req, int field, str name):
+    cdef Request r
+    if type(req) is Request:
+        r = <Request>req
+        if field == O_RAW:
+            return r.raw
+        if field == O_KIND:
+            return r.kind
+        if field == O_KEY:
+            return r.key
+        if field == O_NOREPLY:
+            return r.noreply
+        if field == O_REPLY:
+            return r.reply
+        if field == O_OWNER:
+            return r.owner
+        if field == O_SERVER:
+            return r.server
+    return getattr(req, name)  # any other object: raises AttributeError as the reference
 
 
-cdef inline int _set(object req, Py_ssize_t off, object value, str name) except -1:
-    cdef PyObject** slot
-    cdef PyObject* old
-    if _req_type != NULL and Py_TYPE(req) == _req_type:
-        slot = <PyObject**>((<char*><PyObject*>req) + off)
-        old = slot[0]
-        Py_INCREF(value)
-        slot[0] = <PyObject*>value
-        Py_XDECREF(old)
-        return 0
+cdef inline int _set(object req, int field, object value, str name) except -1:
+    cdef Request r
+    if type(req) is Request:
+        r = <Request>req
+        if field == O_REPLY:
+            r.reply = value
+            return 0
+        if field == O_OWNER:
+            r.owner = value
+            return 0
+        if field == O_SERVER:
+            r.server = value
+            return 0
     setattr(req, name, value)
     return 0
 

@@ -24,7 +24,7 @@ import keyshard
 from keyshard import hashing, pool
 from keyshard.distribution import KetamaContinuum, build_continuum
 from keyshard.protocol import memcache, redis, redis_merge
-from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, Request
+from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, PyRequest, Request
 from tests.unit import test_memcache_props as mc_props
 from tests.unit.test_redis_props import (
     ANY_REPLIES,
@@ -131,7 +131,7 @@ def test_version_says_which() -> None:
 # --- the Request record ----------------------------------------------------------------------
 
 def _slots(req: Request) -> dict[str, Any]:
-    return {name: getattr(req, name) for name in Request.__slots__}
+    return {name: getattr(req, name) for name in PyRequest.__slots__}
 
 
 @needs_ext
@@ -143,15 +143,18 @@ def _slots(req: Request) -> dict[str, Any]:
 def test_requests_are_built_slot_by_slot_like_the_class(fields: tuple[Any, ...]) -> None:
     assert _speedups is not None and _speedups.request_fast_path()
     fast = _speedups.new_request(*fields)
-    assert type(fast) is Request
+    assert type(fast) is _speedups.Request  # what base.Request is when the extension is used
     assert _slots(fast) == _slots(Request(*fields))
     fast.owner = object()  # every slot is writable, the net layer's too
     fast.reply = b"+OK\r\n"
-    assert repr(fast) == repr(Request(*fields))
+    assert repr(fast) == repr(Request(*fields)) == repr(PyRequest(*fields))
+    assert _slots(Request(*fields)) == _slots(PyRequest(*fields))
+    with pytest.raises(AttributeError):
+        fast.stray = 1  # type: ignore[attr-defined]  # fixed fields, as the slots class
 
 
 @needs_ext
-def test_compiled_requests_are_the_reference_class_and_collectable() -> None:
+def test_compiled_requests_are_the_compiled_class_and_collectable() -> None:
     import gc
     import weakref
 
@@ -159,7 +162,8 @@ def test_compiled_requests_are_the_reference_class_and_collectable() -> None:
         pass
 
     (req,) = _speedups.RedisRequestParser().feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
-    assert type(req) is Request and gc.is_tracked(req)
+    assert type(req) is _speedups.Request and gc.is_tracked(req)
+    assert (Request is _speedups.Request) == keyshard.speedups_in_use()
     owner = Owner()
     owner.queue = [req]  # type: ignore[attr-defined]
     req.owner = owner  # a cycle, as between a client and its queue
@@ -534,6 +538,7 @@ def test_net_twins_selected() -> None:
     assert (fields.ClientFields is not fields.PyClientFields) == compiled
     assert (fields.ServerFields is not fields.PyServerFields) == compiled
     assert (fields.RuntimeFields is not fields.PyRuntimeFields) == compiled
+    assert (Request is not PyRequest) == compiled
     assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)
     assert issubclass(client.ClientConn, fields.ClientFields)
     assert issubclass(server.ServerConn, fields.ServerFields)

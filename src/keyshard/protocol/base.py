@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from keyshard import speedups_enabled
+
 # Request kinds: what the net layer does with a request.
 KIND_FORWARD = 0  # send `raw` to the server owning `key`
 KIND_SPLIT = 1  # several keys: codec.split / codec.merge (MGET, DEL, MSET, get k1 k2, ...)
@@ -100,3 +102,16 @@ class Request:
 
 class ProtocolError(Exception):
     """Raised inside parsers only; it never escapes `feed` (see Rule 4)."""
+
+
+# The reference stays reachable under this name (tests); the compiled twin, if built, takes
+# the place of `Request` for every module that imports it from here (keyshard._speedups).
+PyRequest = Request
+
+if speedups_enabled():
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            Request,
+        )
+    except ImportError:
+        pass

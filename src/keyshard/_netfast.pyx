@@ -36,7 +36,7 @@ import os
 
 from cpython.list cimport PyList_Append
 
-from keyshard._speedups cimport Request
+from keyshard._speedups cimport Request, _Router
 from keyshard.protocol import base as _base
 
 cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
@@ -94,6 +94,18 @@ cdef inline int _set(object req, int field, object value, str name) except -1:
     return 0
 
 
+cdef _Router _router_of(object route):
+    """The compiled router whose bound `route` this is (called as a C method), or None."""
+    owner = getattr(route, "__self__", None)
+    return <_Router>owner if type(owner) is _Router else None
+
+
+cdef inline Py_ssize_t _route(_Router router, object route, object key) except? -2:
+    if router is not None:
+        return router.route(key)
+    return route(key)
+
+
 cdef inline bint _is(object value, object const) except -1:
     return value is const or value == const
 
@@ -143,6 +155,7 @@ def dispatch(RuntimeFields self, client_obj, reqs):
         return _py_dispatch(self, client_obj, reqs)
     cdef ClientFields client = client_obj
     cdef list queue = client.queue
+    cdef _Router router = None
     now = self.loop.time()
     pool = self.pool
     route = None
@@ -164,7 +177,8 @@ def dispatch(RuntimeFields self, client_obj, reqs):
                     PyList_Append(queue, req)
                 if route is None:
                     route = pool.router(now)
-                idx = route(_get(req, O_KEY, "key"))
+                    router = _router_of(route)
+                idx = _route(router, route, _get(req, O_KEY, "key"))
                 if idx < 0:
                     if used:
                         _settle(dests)

@@ -118,6 +118,7 @@ def split(RuntimeFields self, req, now):
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
     route = pool.router(now)
+    cdef _Router router = _router_of(route)
     cdef list slots = self.slots
     cdef ServerFields conn
     for p in order:
@@ -125,16 +126,18 @@ def split(RuntimeFields self, req, now):
         frag = _new_request(raw, KIND_FORWARD, cmd, b"")
         _set(frag, O_OWNER, owner, "owner")
         frag.ctx = p
-        idx = route(firsts[<Py_ssize_t>p])
+        idx = _route(router, route, firsts[<Py_ssize_t>p])
         if idx < 0:
             owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
             route = pool.router(now)
+            router = _router_of(route)
             continue
         slot = slots[idx]
         conn_obj = slot.ready or slot.conn()
         if conn_obj is None:
             owner.req_failed(frag, codec.error_reply(slot.error))
             route = pool.router(now)  # opening failed: a server may be ejected
+            router = _router_of(route)
             continue
         stats = slot.stats
         stats.requests += 1

@@ -3,7 +3,7 @@
 # The arithmetic is the reference's, on uint32_t; `_sx` is the reference's `_SX` (a key byte
 # widened through a signed char, hashing.py Rule 2).
 
-ctypedef uint32_t (*hash_fn_t)(const unsigned char* s, Py_ssize_t n) noexcept nogil
+# hash_fn_t (a C hash function) is declared in _speedups.pxd
 
 cdef uint32_t _CRC16[256]
 cdef uint32_t _CRC32[256]
@@ -292,19 +292,8 @@ cdef dict _c_hash_index():
 # Routers: pool._ketama_router / _modula_router as one C call per key
 
 cdef class _Router:
-    """A key -> server index map over a continuum; `route` is what the pool calls."""
-
-    cdef uint32_t* values  # ketama: sorted point values
-    cdef int* owners  # ketama: owner of each point, plus a copy of the first (the wrap)
-    cdef Py_ssize_t npoints
-    cdef int* slots  # modula
-    cdef Py_ssize_t nslots
-    cdef bint ketama
-    cdef hash_fn_t cfn  # NULL: call `pyfn`
-    cdef object pyfn
-    cdef bint tagged
-    cdef unsigned char tag0
-    cdef unsigned char tag1
+    """A key -> server index map over a continuum; `route` is what the pool calls (its fields
+    are declared in `_speedups.pxd`, so `_netfast` calls `route` as a C method)."""
 
     def __cinit__(self):
         self.values = NULL
@@ -349,7 +338,7 @@ cdef class _Router:
             k = PyBytes_FromStringAndSize(<const char*>s, n)
         return <uint32_t>self.pyfn(k)
 
-    def route(self, key):
+    cpdef Py_ssize_t route(self, object key) except? -2:
         """The index of the server for `key`."""
         cdef Py_ssize_t h = self._hash(key)
         cdef Py_ssize_t lo = 0, hi, mid
@@ -365,6 +354,13 @@ cdef class _Router:
         if self.nslots == 0:
             raise ZeroDivisionError("integer modulo by zero")
         return self.slots[h % self.nslots]
+
+
+cdef _Router _router_of(object route):
+    """The `_Router` whose bound `route` this is (its C method is then called directly), or
+    None for any other callable."""
+    owner = getattr(route, "__self__", None)
+    return <_Router>owner if type(owner) is _Router else None
 
 
 cdef int* _int_array(object items) except NULL:

@@ -69,8 +69,9 @@ def split(req, route):
         raise AssertionError(req)
     step = 2 if cmd == b"mset" else 1
     nargs = len(args)
+    cdef _Router router = _router_of(route)
     for i in range(0, nargs, step):
-        server = route(args[i])
+        server = router.route(args[i]) if router is not None else route(args[i])
         f_obj = frag_of.get(server)
         if f_obj is None:
             f_obj = frag_of[server] = len(servers)

@@ -45,7 +45,10 @@ cdef class SplitOwner:
         if client.closed:
             _SWALLOW.req_done(frag)  # the client went away: nobody reads it
             return
-        self.replies[frag.ctx] = _get(frag, O_REPLY, "reply")
+        if type(frag) is Request:
+            self.replies[(<Request>frag).ctx] = (<Request>frag).reply
+        else:
+            self.replies[frag.ctx] = frag.reply
         self.pending -= 1
         if self.pending == 0:
             self.finish()
@@ -67,8 +70,9 @@ cdef class SplitOwner:
         if client.closed:
             return
         if self.errors is None:
+            ctx = (<Request>parent).ctx if type(parent) is Request else parent.ctx
             try:
-                reply = self.runtime.codec.merge(parent, parent.ctx, self.replies)
+                reply = (<RuntimeFields?>self.runtime).codec.merge(parent, ctx, self.replies)
             except _base.MergeError:
                 pass
             else:
@@ -88,9 +92,10 @@ def split(RuntimeFields self, req, now):
     pool = self.pool
     codec = self.codec
     frags, ctx = codec.split(req, pool.grouper())
-    req.ctx = ctx
-    args = req.args
-    cmd = req.cmd
+    cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
+    preq.ctx = ctx
+    args = preq.args
+    cmd = preq.cmd
     cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
     cdef list frag_list = frags
     cdef Py_ssize_t nfrags = len(frag_list)
@@ -121,10 +126,17 @@ def split(RuntimeFields self, req, now):
     cdef _Router router = _router_of(route)
     cdef list slots = self.slots
     cdef ServerFields conn
+    cdef Request frag
     for p in order:
         raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
-        frag = _new_request(raw, KIND_FORWARD, cmd, b"")
-        _set(frag, O_OWNER, owner, "owner")
+        frag = Request.__new__(Request)  # Request(raw, KIND_FORWARD, cmd, b""), no call
+        frag.raw = raw
+        frag.kind = KIND_FORWARD
+        frag.cmd = cmd
+        frag.key = b""
+        frag.noreply = False
+        frag.pending = 0
+        frag.owner = owner
         frag.ctx = p
         idx = _route(router, route, firsts[<Py_ssize_t>p])
         if idx < 0:

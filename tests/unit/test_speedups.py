@@ -742,3 +742,39 @@ def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:
     assert waiting.transport.out == [b"+OK\r\n+MORE\r\n"]
     step()
     assert waiting.transport.out[-1] == b"+AGAIN\r\n"
+
+
+def test_split_fragments_are_plain_requests() -> None:
+    """The split (either twin) builds each fragment as Request(raw, KIND_FORWARD, cmd, b"")
+    would, except for what the net layer sets (owner, ctx, server)."""
+    from keyshard.config import PoolConf, ServerConf
+    from keyshard.net.client import ClientConn
+    from keyshard.net.runtime import PoolRuntime
+    from keyshard.net.server import ServerConn
+    from keyshard.net.writer import Flusher
+
+    servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
+                          port=7000 + i, weight=1, is_unix=False) for i in range(2)]
+    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
+                    listen_port=22121, redis=True, servers=servers)
+    loop = _Loop()
+    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    for slot in rt.slots:
+        conn = ServerConn(rt, slot)
+        conn.transport = _Transport()
+        conn.connected = True
+        slot.conns.append(conn)
+        slot.ready = conn
+    client = ClientConn(rt)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.data_received(_cmd(b"MGET", *[b"k%d" % i for i in range(20)]))
+    frags = [req for slot in rt.slots for req in slot.ready.outq]
+    assert len(frags) == 2
+    for frag in frags:
+        want = _slots(PyRequest(frag.raw, KIND_FORWARD, b"mget", b""))
+        got = _slots(frag)
+        assert got.pop("server") is frag.server and got.pop("owner") is frag.owner
+        assert isinstance(got.pop("ctx"), int)
+        for name in ("server", "owner", "ctx"):
+            want.pop(name)
+        assert got == want

@@ -8,6 +8,7 @@ code that stays the reference and the fallback. The modules that have a twin imp
 their end, unless `KEYSHARD_NO_EXTENSIONS=1` (see `keyshard.speedups_enabled`).
 
     twin                                 reference
+    Request                              keyshard.protocol.base.Request (fields: _speedups.pxd)
     RedisRequestParser, RedisReplyParser keyshard.protocol.redis        (_speedups_redis.pxi)
     split, merge                         keyshard.protocol.redis_merge  (_speedups_merge.pxi)
     memcache_framers                     keyshard.protocol.memcache     (_speedups_memcache.pxi)

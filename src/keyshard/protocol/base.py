@@ -49,7 +49,8 @@ class MergeError(Exception):
 
 
 class Request:
-    """One parsed client request.
+    """One parsed client request (the reference; `keyshard._speedups.Request`, a cdef class
+    with the same fields, takes its name when the compiled extension is in use).
 
     The codec fills the first group of fields; the net layer owns the second group (they are
     here, not in a wrapper object, so that a request costs one allocation on the hot path).

@@ -35,16 +35,21 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
-def in_process(redis: RedisServer, loop_name: str, scenario: Any, **opts: Any) -> None:
+def in_process(redis: RedisServer, loop_name: str, scenario: Any, unix_path: str = "",
+               parking: bool = True, **opts: Any) -> None:
+    """Run `scenario(runtime, listener, port)` against a pool listening on a free port (or on
+    `unix_path`); `parking=False` expects the loop's own server (no epoll)."""
     port = free_port()
-    (conf,) = parse_config(pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True, **opts),
-                           "t.yml")
+    text = pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True, **opts)
+    if unix_path:
+        text = text.replace(f"127.0.0.1:{port}", unix_path)
+    (conf,) = parse_config(text, "t.yml")
     loop = LOOPS[loop_name]()
     try:
         async def main() -> None:
             runtime = PoolRuntime(conf, loop, Flusher(loop))
             listener = await listen(runtime)
-            assert isinstance(listener, Listener)
+            assert isinstance(listener, Listener) == parking
             try:
                 await scenario(runtime, listener, port)
             finally:
@@ -171,30 +176,18 @@ def test_a_parked_client_costs_a_fraction_of_a_promoted_one(redis: RedisServer,
 
 def test_unix_socket_listener_parks_too(redis: RedisServer, tmp_path: Any) -> None:
     path = str(tmp_path / "ks.sock")
-    (conf,) = parse_config(pool_yaml("alpha", 0, [f"{redis.addr}:1 s0"], redis=True)
-                           .replace("127.0.0.1:0", f"{path}"), "t.yml")
-    assert conf.listen_unix
-    loop = uvloop.new_event_loop()
-    try:
-        async def main() -> None:
-            runtime = PoolRuntime(conf, loop, Flusher(loop))
-            listener = await listen(runtime)
-            try:
-                sock = socket.socket(socket.AF_UNIX)
-                sock.connect(path)
-                sock.setblocking(False)
-                await until(lambda: runtime.parked == 1)
-                await talk(sock, resp("PING"), b"+PONG\r\n")
-                assert runtime.parked == 0 and len(runtime.clients) == 1
-                sock.close()
-            finally:
-                listener.close()
-                runtime.close()
-                await asyncio.sleep(0.05)
 
-        loop.run_until_complete(asyncio.wait_for(main(), 20))
-    finally:
-        loop.close()
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        assert runtime.conf.listen_unix
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        sock.setblocking(False)
+        await until(lambda: runtime.parked == 1)
+        await talk(sock, resp("PING"), b"+PONG\r\n")
+        assert runtime.parked == 0 and len(runtime.clients) == 1
+        sock.close()
+
+    in_process(redis, "uvloop", scenario, unix_path=path)
 
 
 class LimitedKeyshard(Keyshard):
@@ -239,43 +232,30 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(redis: RedisServer) ->
 
 
 def proxy_cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_without_epoll_the_loops_own_server_accepts(redis: RedisServer, loop_name: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rule 3's fallback: no parking; the accepted socket still gets TCP_NODELAY."""
+    """Rule 3's fallback: no parking; the accepted socket still gets its socket options."""
     import select
 
     monkeypatch.delattr(select, "epoll")
-    port = free_port()
-    (conf,) = parse_config(pool_yaml("alpha", port, [f"{redis.addr}:1 s0"], redis=True,
-                                     tcpkeepalive=True), "t.yml")
-    loop = LOOPS[loop_name]()
-    try:
-        async def main() -> None:
-            runtime = PoolRuntime(conf, loop, Flusher(loop))
-            server = await listen(runtime)
-            assert not isinstance(server, Listener)
-            try:
-                sock = connect(port)
-                await talk(sock, resp("PING"), b"+PONG\r\n")
-                (client,) = runtime.clients
-                accepted = client.transport.get_extra_info("socket")
-                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-                assert runtime.total_clients == 1 and runtime.parked == 0
-                sock.close()
-            finally:
-                server.close()
-                runtime.close()
-                await asyncio.sleep(0.05)
 
-        loop.run_until_complete(asyncio.wait_for(main(), 20))
-    finally:
-        loop.close()
+    async def scenario(runtime: PoolRuntime, server: Any, port: int) -> None:
+        sock = connect(port)
+        await talk(sock, resp("PING"), b"+PONG\r\n")
+        (client,) = runtime.clients
+        accepted = client.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        assert runtime.total_clients == 1 and runtime.parked == 0
+        sock.close()
+
+    in_process(redis, loop_name, scenario, parking=False, tcpkeepalive=True)
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))

@@ -594,33 +594,42 @@ def _cmd(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def _net_transcript(observe: bool) -> list[Any]:
-    """One client, three servers: pipelined forwards, a split, a local request, noreply-free
-    replies in several reads and a failure reply; everything written and counted."""
+def _runtime(nservers: int, connected: bool = True) -> tuple[Any, _Loop, list[Any]]:
+    """A redis pool runtime on a fake loop; with `connected`, each server has one ready
+    connection over a fake transport. Flusher is looked up at call time (tests swap it)."""
     from keyshard.config import PoolConf, ServerConf
-    from keyshard.net.client import ClientConn
     from keyshard.net.runtime import PoolRuntime
     from keyshard.net.server import ServerConn
     from keyshard.net.writer import Flusher
-    from keyshard.stats import counters
 
     servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
-                          port=7000 + i, weight=1, is_unix=False) for i in range(3)]
+                          port=7000 + i, weight=1, is_unix=False) for i in range(nservers)]
     conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
                     listen_port=22121, redis=True, servers=servers)
     loop = _Loop()
     rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
-    seen: list[Any] = []
-    if observe:
-        rt.observe = lambda cmd, secs: seen.append(cmd)
     conns = []
-    for slot in rt.slots:
+    for slot in rt.slots if connected else []:
         conn = ServerConn(rt, slot)
         conn.transport = _Transport()
         conn.connected = True
         slot.conns.append(conn)
         slot.ready = conn
         conns.append(conn)
+    return rt, loop, conns
+
+
+def _net_transcript(observe: bool) -> list[Any]:
+    """One client, three servers: pipelined forwards, a split, a local request, noreply-free
+    replies in several reads and a failure reply; everything written and counted."""
+    from keyshard.net.client import ClientConn
+    from keyshard.net.server import ServerConn
+    from keyshard.stats import counters
+
+    rt, loop, conns = _runtime(3)
+    seen: list[Any] = []
+    if observe:
+        rt.observe = lambda cmd, secs: seen.append(cmd)
     client = ClientConn(rt)
     ct = _Transport()
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -682,18 +691,10 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
 
 def test_connections_have_declared_fields_only() -> None:
     """keyshard.net.fields Rule 1, in both modes: no __dict__, a stray attribute is an error."""
-    from keyshard.config import PoolConf, ServerConf
     from keyshard.net.client import ClientConn
-    from keyshard.net.runtime import PoolRuntime
     from keyshard.net.server import ServerConn
-    from keyshard.net.writer import Flusher
 
-    servers = [ServerConf(pname="127.0.0.1:7000:1", name="s0", host="127.0.0.1", port=7000,
-                          weight=1, is_unix=False)]
-    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=True, servers=servers)
-    loop = _Loop()
-    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    rt, _, _ = _runtime(1, connected=False)
     for conn in (ClientConn(rt), ServerConn(rt, rt.slots[0])):
         assert not hasattr(conn, "__dict__")
         with pytest.raises(AttributeError):
@@ -707,18 +708,10 @@ def test_connections_have_declared_fields_only() -> None:
 def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:
     """keyshard.net.writer Rule 3, in both modes: a client whose queue still waits is written
     one loop iteration later (once); a client with nothing pending is written at once."""
-    from keyshard.config import PoolConf, ServerConf
     from keyshard.net.client import ClientConn
-    from keyshard.net.runtime import PoolRuntime
-    from keyshard.net.writer import Flusher
     from keyshard.protocol.base import KIND_FORWARD, Request
 
-    servers = [ServerConf(pname="127.0.0.1:7000:1", name="s0", host="127.0.0.1", port=7000,
-                          weight=1, is_unix=False)]
-    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=True, servers=servers)
-    loop = _Loop()
-    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
+    rt, loop, _ = _runtime(1, connected=False)
     waiting, idle = ClientConn(rt), ClientConn(rt)
     for client in (waiting, idle):
         client.connection_made(_Transport())  # type: ignore[arg-type]
@@ -747,24 +740,9 @@ def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:
 def test_split_fragments_are_plain_requests() -> None:
     """The split (either twin) builds each fragment as Request(raw, KIND_FORWARD, cmd, b"")
     would, except for what the net layer sets (owner, ctx, server)."""
-    from keyshard.config import PoolConf, ServerConf
     from keyshard.net.client import ClientConn
-    from keyshard.net.runtime import PoolRuntime
-    from keyshard.net.server import ServerConn
-    from keyshard.net.writer import Flusher
 
-    servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
-                          port=7000 + i, weight=1, is_unix=False) for i in range(2)]
-    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=True, servers=servers)
-    loop = _Loop()
-    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
-    for slot in rt.slots:
-        conn = ServerConn(rt, slot)
-        conn.transport = _Transport()
-        conn.connected = True
-        slot.conns.append(conn)
-        slot.ready = conn
+    rt, _, _ = _runtime(2)
     client = ClientConn(rt)
     client.connection_made(_Transport())  # type: ignore[arg-type]
     client.data_received(_cmd(b"MGET", *[b"k%d" % i for i in range(20)]))

@@ -420,10 +420,12 @@ PySplitOwner = SplitOwner
 if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            SplitOwner,  # its compiled twin (the reference stays as PySplitOwner)
+        )
+        from keyshard._netfast import (
             dispatch as _dispatch,
         )
         from keyshard._netfast import split as _split
-        from keyshard._netfast import SplitOwner  # noqa: F811 (its compiled twin)
     except ImportError:
         pass
     else:

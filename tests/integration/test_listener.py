@@ -237,36 +237,30 @@ def proxy_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_without_epoll_the_loops_own_server_accepts(redis: RedisServer, loop_name: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rule 3's fallback: no parking; the accepted socket still gets its socket options."""
-    import select
-
-    monkeypatch.delattr(select, "epoll")
-
-    async def scenario(runtime: PoolRuntime, server: Any, port: int) -> None:
-        sock = connect(port)
-        await talk(sock, resp("PING"), b"+PONG\r\n")
-        (client,) = runtime.clients
-        accepted = client.transport.get_extra_info("socket")
-        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-        assert runtime.total_clients == 1 and runtime.parked == 0
-        sock.close()
-
-    in_process(redis, loop_name, scenario, parking=False, tcpkeepalive=True)
+async def ping_and_check_tcp_options(runtime: PoolRuntime, port: int) -> None:
+    """One client PINGs; its accepted socket has TCP_NODELAY and SO_KEEPALIVE."""
+    sock = connect(port)
+    await talk(sock, resp("PING"), b"+PONG\r\n")
+    (client,) = runtime.clients
+    accepted = client.transport.get_extra_info("socket")
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    assert runtime.total_clients == 1 and runtime.parked == 0
+    sock.close()
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_parked_client_gets_tcp_options(redis: RedisServer, loop_name: str) -> None:
-    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
-        sock = connect(port)
-        await talk(sock, resp("PING"), b"+PONG\r\n")
-        (client,) = runtime.clients
-        accepted = client.transport.get_extra_info("socket")
-        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-        sock.close()
+@pytest.mark.parametrize("parking", [True, False])
+def test_accepted_clients_get_tcp_options(redis: RedisServer, loop_name: str, parking: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set at accept when parked; by the transport's connection_made in Rule 3's fallback
+    (no epoll: the loop's own server accepts, nothing is parked)."""
+    if not parking:
+        import select
 
-    in_process(redis, loop_name, scenario, tcpkeepalive=True)
+        monkeypatch.delattr(select, "epoll")
+
+    async def scenario(runtime: PoolRuntime, listener: Any, port: int) -> None:
+        await ping_and_check_tcp_options(runtime, port)
+
+    in_process(redis, loop_name, scenario, parking=parking, tcpkeepalive=True)

@@ -36,7 +36,7 @@ import os
 
 from cpython.list cimport PyList_Append
 
-from keyshard._speedups cimport Request, _Router
+from keyshard._speedups cimport Request, _new_request, _Router, _router_of
 from keyshard.protocol import base as _base
 
 cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
@@ -92,12 +92,6 @@ cdef inline int _set(object req, int field, object value, str name) except -1:
             return 0
     setattr(req, name, value)
     return 0
-
-
-cdef _Router _router_of(object route):
-    """The compiled router whose bound `route` this is (called as a C method), or None."""
-    owner = getattr(route, "__self__", None)
-    return <_Router>owner if type(owner) is _Router else None
 
 
 cdef inline Py_ssize_t _route(_Router router, object route, object key) except? -2:

@@ -3,19 +3,16 @@
 # --------------------------------------------------------------------------------------------
 # SplitOwner
 
-cdef object _new_request = None  # keyshard._speedups.new_request
 cdef object _finish_failed = None  # keyshard.net.runtime.finish_failed (Rule 4)
 cdef object _first_error = None  # keyshard.net.runtime.first_error
 cdef object _SWALLOW = None  # keyshard.net.server.SWALLOW
 
 
 cdef int _split_imports() except -1:
-    global _new_request, _finish_failed, _first_error, _SWALLOW
-    from keyshard._speedups import new_request
+    global _finish_failed, _first_error, _SWALLOW
     from keyshard.net.runtime import finish_failed, first_error
     from keyshard.net.server import SWALLOW
-    _new_request, _finish_failed, _first_error, _SWALLOW = (
-        new_request, finish_failed, first_error, SWALLOW)
+    _finish_failed, _first_error, _SWALLOW = finish_failed, first_error, SWALLOW
     return 0
 
 
@@ -87,7 +84,7 @@ cdef class SplitOwner:
 
 def split(RuntimeFields self, req, now):
     """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
-    if _new_request is None:
+    if _SWALLOW is None:
         _split_imports()
     pool = self.pool
     codec = self.codec
@@ -129,13 +126,7 @@ def split(RuntimeFields self, req, now):
     cdef Request frag
     for p in order:
         raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
-        frag = Request.__new__(Request)  # Request(raw, KIND_FORWARD, cmd, b""), no call
-        frag.raw = raw
-        frag.kind = KIND_FORWARD
-        frag.cmd = cmd
-        frag.key = b""
-        frag.noreply = False
-        frag.pending = 0
+        frag = _new_request(raw, KIND_FORWARD, cmd, b"", None, False)
         frag.owner = owner
         frag.ctx = p
         idx = _route(router, route, firsts[<Py_ssize_t>p])

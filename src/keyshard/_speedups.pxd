@@ -10,6 +10,10 @@ cdef class Request:
     cdef public double deadline, start
 
 
+cdef Request _new_request(object raw, object kind, object cmd, object key, object args,
+                          object noreply)
+
+
 cdef class _Router:
     cdef uint32_t* values  # ketama: sorted point values
     cdef int* owners  # ketama: owner of each point, plus a copy of the first (the wrap)
@@ -26,3 +30,6 @@ cdef class _Router:
     cdef int _set_hash(self, object hash_fn, object tag) except -1
     cdef Py_ssize_t _hash(self, object key) except -1
     cpdef Py_ssize_t route(self, object key) except? -2
+
+
+cdef _Router _router_of(object route)

@@ -59,23 +59,16 @@ cdef class Request:
     fields, defaults, constructor and repr; a C struct from a free list instead of slots."""
 
     def __init__(self, raw, kind, cmd, key, args=None, noreply=False):
-        self.raw = raw
-        self.kind = kind
-        self.cmd = cmd
-        self.key = key
-        self.args = args
-        self.noreply = noreply
-        self.pending = 0
+        _fill(self, raw, kind, cmd, key, args, noreply)
 
     def __repr__(self):
         return (f"Request(kind={self.kind}, cmd={self.cmd!r}, key={self.key!r}, "
                 f"raw={self.raw[:60]!r})")
 
 
-cdef Request _new_request(object raw, object kind, object cmd, object key, object args,
-                          object noreply):
-    """`Request(raw, kind, cmd, key, args, noreply)`, without the call."""
-    cdef Request req = Request.__new__(Request)
+cdef inline int _fill(Request req, object raw, object kind, object cmd, object key,
+                      object args, object noreply) except -1:
+    """The constructor's fields (the others keep their defaults: None, 0.0)."""
     req.raw = raw
     req.kind = kind
     req.cmd = cmd
@@ -83,6 +76,15 @@ cdef Request _new_request(object raw, object kind, object cmd, object key, objec
     req.args = args
     req.noreply = noreply
     req.pending = 0
+    return 0
+
+
+cdef Request _new_request(object raw, object kind, object cmd, object key, object args,
+                          object noreply):
+    """`Request(raw, kind, cmd, key, args, noreply)`, without the call (also `_netfast`'s,
+    declared in `_speedups.pxd`)."""
+    cdef Request req = Request.__new__(Request)
+    _fill(req, raw, kind, cmd, key, args, noreply)
     return req
 
 

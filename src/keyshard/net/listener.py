@@ -81,11 +81,7 @@ class Listener:
     def park(self, conn: socket.socket) -> None:
         try:
             conn.setblocking(False)
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                # what ClientConn.connection_made sets on a transport's socket
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.runtime.conf.tcpkeepalive:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            set_client_options(conn, self.runtime.conf.tcpkeepalive)
             self.epoll.register(conn.fileno(), EPOLL_MASK)
         except OSError:
             conn.close()
@@ -108,9 +104,7 @@ class Listener:
                 os.close(fd)
                 self.runtime.parked -= 1
                 continue
-            task = self.loop.create_task(self.promote(sock))
-            self.runtime.tasks.add(task)
-            task.add_done_callback(self.runtime.tasks.discard)
+            self.runtime.spawn(self.promote(sock))
 
     def unpark(self, fd: int) -> None:
         self.parked.discard(fd)
@@ -173,14 +167,20 @@ class _AcceptedClient(ClientConn):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock is not None:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.runtime.conf.tcpkeepalive:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                set_client_options(sock, self.runtime.conf.tcpkeepalive)
             except OSError:
                 pass
         super().connection_made(transport)
+
+
+def set_client_options(sock: Any, keepalive: bool) -> None:
+    """TCP_NODELAY, and SO_KEEPALIVE with `tcpkeepalive`, on an accepted TCP client socket."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 async def listen(runtime: PoolRuntime) -> Any:

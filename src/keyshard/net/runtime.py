@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
@@ -269,6 +269,12 @@ class PoolRuntime(RuntimeFields):
                 slot.open()
 
     # -- clients --------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task, held in `tasks` until it ends (cancelled by `close`)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def client_parked(self) -> None:
         """A client was accepted and waits for its first byte (listener Rule 3)."""

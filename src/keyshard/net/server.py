@@ -165,10 +165,7 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):  # type: ignore[misc]
         sock = self.sock
         assert sock is not None
         self.sock = None
-        runtime = self.runtime
-        task = runtime.loop.create_task(self.wrap(sock))
-        runtime.tasks.add(task)
-        task.add_done_callback(runtime.tasks.discard)
+        self.runtime.spawn(self.wrap(sock))
 
     async def wrap(self, sock: socket.socket) -> None:
         try:

@@ -29,11 +29,15 @@ Rule 3: the connections' fields are C struct members (`ConnFields`, `ClientField
         `ServerFields`, the bases of the connection classes when this module is in use): the
         twins take `self` typed and read them directly.
 Rule 4: no import of keyshard.net here (the net modules import this one at their end).
+Rule 5: the twins call each other as C functions, not through the methods they are installed
+        as (a Python method call per request is a measurable share of the proxy's user time):
+        they are installed, or replaced by their references, all together.
 """
 
 import errno
 import os
 
+cimport cython
 from cpython.list cimport PyList_Append
 
 from keyshard._speedups cimport Request, _new_request, _Router, _router_of
@@ -115,6 +119,7 @@ cdef object _py_drain = None
 # PoolRuntime.dispatch
 
 
+@cython.freelist(16)
 cdef class _Dest:
     """A server's ready connection during one `dispatch` (no timeout): its queues and the
     requests counted for its slot but not yet added to `slot.stats`."""
@@ -139,15 +144,19 @@ cdef int _settle(list dests) except -1:
     return 0
 
 
-def dispatch(RuntimeFields self, client_obj, reqs):
+def dispatch(RuntimeFields self, ClientFields client, reqs):
     """Twin of `PoolRuntime.dispatch`: route every request of one read (the hot path)."""
+    _dispatch(self, client, reqs)
+
+
+cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except -1:
     global _py_dispatch
     if self.observe is not None:
         if _py_dispatch is None:
             from keyshard.net.runtime import py_dispatch
             _py_dispatch = py_dispatch
-        return _py_dispatch(self, client_obj, reqs)
-    cdef ClientFields client = client_obj
+        _py_dispatch(self, client, reqs)
+        return 0
     cdef list queue = client.queue
     cdef _Router router = None
     now = self.loop.time()
@@ -236,7 +245,7 @@ def dispatch(RuntimeFields self, client_obj, reqs):
                     used = False
                 _set(req, O_OWNER, client, "owner")
                 PyList_Append(queue, req)
-                self.split(req, now)
+                _split(self, req, now)
                 route = None  # a fragment may have failed and ejected a server
                 authenticated = client.authenticated
             else:
@@ -254,7 +263,8 @@ def dispatch(RuntimeFields self, client_obj, reqs):
     if queue:
         head = queue[0]
         if _get(head, O_REPLY, "reply") is not None:
-            client.req_done(head)
+            _client_req_done(client, head)
+    return 0
 
 # --------------------------------------------------------------------------------------------
 # ServerConn.data_received
@@ -292,7 +302,9 @@ def server_data_received(ServerFields self, data):
             owner = _get(req, O_OWNER, "owner")
             if owner is last:
                 pass  # batched, already listed
-            elif owner.batched:
+            elif type(owner) is SplitOwner:  # batched = False
+                (<SplitOwner>owner).req_done(req)
+            elif isinstance(owner, ClientFields) or owner.batched:  # ClientConn: batched
                 last = owner
                 PyList_Append(clients, owner)
             else:
@@ -355,10 +367,15 @@ cdef int _client_drain(ClientFields self) except -1:
 
 def client_req_done(ClientFields self, req):
     """Twin of `ClientConn.req_done`."""
-    queue = self.queue
+    _client_req_done(self, req)
+
+
+cdef int _client_req_done(ClientFields self, object req) except -1:
+    cdef list queue = self.queue
     if not queue or queue[0] is not req:
-        return  # an earlier request is still waiting; it will drain this one too
-    self.drain()
+        return 0  # an earlier request is still waiting; it will drain this one too
+    _client_drain(self)
+    return 0
 
 # --------------------------------------------------------------------------------------------
 # ClientConn.data_received
@@ -374,7 +391,11 @@ def client_data_received(ClientFields self, data):
         self.bad_input(reqs)
         return
     if reqs:
-        self.runtime.dispatch(self, reqs)
+        runtime = self.runtime
+        if isinstance(runtime, RuntimeFields):  # Rule 5
+            _dispatch(<RuntimeFields>runtime, self, reqs)
+        else:
+            runtime.dispatch(self, reqs)
     if len(self.queue) > self.max_pending and not self.read_paused:
         self.pause_reading()
 

@@ -16,6 +16,13 @@ cdef int _split_imports() except -1:
     return 0
 
 
+cdef inline bint _closed(object client) except -1:
+    if isinstance(client, ClientFields):
+        return (<ClientFields>client).closed
+    return client.closed
+
+
+@cython.freelist(8)
 cdef class SplitOwner:
     """Twin of `keyshard.net.runtime.SplitOwner`: collects the fragment replies of one split
     request; the failure paths call the reference's `finish_failed`."""
@@ -37,9 +44,9 @@ cdef class SplitOwner:
         self.order = []
         self.splitting = True
 
-    def req_done(self, frag):
+    cpdef req_done(self, frag):
         client = _get(self.parent, O_OWNER, "owner")
-        if client.closed:
+        if _closed(client):
             _SWALLOW.req_done(frag)  # the client went away: nobody reads it
             return
         if type(frag) is Request:
@@ -64,7 +71,7 @@ cdef class SplitOwner:
     cpdef finish(self):
         parent = self.parent
         client = _get(parent, O_OWNER, "owner")
-        if client.closed:
+        if _closed(client):
             return
         if self.errors is None:
             ctx = (<Request>parent).ctx if type(parent) is Request else parent.ctx
@@ -74,7 +81,10 @@ cdef class SplitOwner:
                 pass
             else:
                 _set(parent, O_REPLY, reply, "reply")
-                client.req_done(parent)
+                if isinstance(client, ClientFields):  # Rule 5
+                    _client_req_done(<ClientFields>client, parent)
+                else:
+                    client.req_done(parent)
                 return
         _finish_failed(self)
 
@@ -84,6 +94,10 @@ cdef class SplitOwner:
 
 def split(RuntimeFields self, req, now):
     """Twin of `PoolRuntime.split`: one fragment per server, sent in server order."""
+    _split(self, req, now)
+
+
+cdef int _split(RuntimeFields self, object req, object now) except -1:
     if _SWALLOW is None:
         _split_imports()
     pool = self.pool
@@ -156,3 +170,4 @@ def split(RuntimeFields self, req, now):
         if not conn.dirty:
             _mark(conn)
     owner.splitting = False
+    return 0

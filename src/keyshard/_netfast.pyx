@@ -40,7 +40,9 @@ import os
 cimport cython
 from cpython.list cimport PyList_Append
 
-from keyshard._speedups cimport Request, _new_request, _Router, _router_of
+from keyshard._speedups cimport (
+    Request, _new_request, _Router, _router_of, parser_error, parser_feed,
+)
 from keyshard.protocol import base as _base
 
 cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
@@ -123,7 +125,7 @@ cdef object _py_drain = None
 cdef class _Dest:
     """A server's ready connection during one `dispatch` (no timeout): its queues and the
     requests counted for its slot but not yet added to `slot.stats`."""
-    cdef object slot, outq_append
+    cdef object stats, outq_append
     cdef ServerFields conn
     cdef list wbuf
     cdef Py_ssize_t nreq, nbytes
@@ -133,15 +135,22 @@ cdef int _settle(list dests) except -1:
     """Add the pending counts to each slot's stats; forget the connections (before any call
     back into Python, and at the end of the read)."""
     cdef _Dest d
-    for obj in dests:
+    cdef Py_ssize_t i
+    for i in range(len(dests)):
+        obj = dests[i]
         if obj is not None:
             d = <_Dest>obj
             if d.nreq:
-                stats = d.slot.stats
-                stats.requests += d.nreq
-                stats.request_bytes += d.nbytes
-    dests[:] = [None] * len(dests)
+                _count_requests(d.stats, d.nreq, d.nbytes)
+            dests[i] = None
     return 0
+
+
+cdef inline object _pool_router(object pool, object now):
+    """`pool.router(now)` (keyshard.pool.ServerPool), its common case inlined: no rebuild due."""
+    if now > pool._next_rebuild:
+        return pool.router(now)
+    return pool._router
 
 
 def dispatch(RuntimeFields self, ClientFields client, reqs):
@@ -170,6 +179,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
     cdef bint used = False
     cdef _Dest d
     cdef ServerFields conn
+    cdef SlotFields slot
     try:
         for req in reqs:
             kind = _get(req, O_KIND, "kind")
@@ -179,7 +189,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                 if not noreply:
                     PyList_Append(queue, req)
                 if route is None:
-                    route = pool.router(now)
+                    route = _pool_router(pool, now)
                     router = _router_of(route)
                 idx = _route(router, route, _get(req, O_KEY, "key"))
                 if idx < 0:
@@ -216,26 +226,24 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                     if used:
                         _settle(dests)
                         used = False
-                    stats = slot.stats
-                    stats.requests += 1
-                    stats.request_bytes += len(raw)
+                    _count_requests(slot.stats, 1, len(raw))
                     conn_obj.send(req)
                     continue
                 # conn.send(req), inlined for a connection without a timeout
                 d = _Dest.__new__(_Dest)
-                d.slot = slot
+                d.stats = slot.stats
                 d.conn = conn
                 d.nreq = 1
                 d.nbytes = len(raw)
                 _set(req, O_SERVER, conn, "server")
-                outq = conn.outq
+                outq_append = conn.outq.append
                 if not noreply:
-                    outq.append(req)
+                    outq_append(req)
                 wbuf = conn.wbuf
                 PyList_Append(wbuf, raw)
                 if not conn.dirty:
                     _mark(conn)
-                d.outq_append = outq.append
+                d.outq_append = outq_append
                 d.wbuf = wbuf
                 dests[idx] = d
                 used = True
@@ -276,7 +284,7 @@ def server_data_received(ServerFields self, data):
     cdef object last = None
     cdef list clients
     parser = self.parser
-    replies = parser.feed(data)
+    replies = parser_feed(parser, data)
     if replies:
         outq = self.outq
         popleft = outq.popleft
@@ -290,8 +298,7 @@ def server_data_received(ServerFields self, data):
             # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
             if not outq or (reply[0] == 45 and is_failure(reply)):
                 paired = before - len(outq)
-                stats.responses += paired
-                stats.response_bytes += nbytes
+                _count_responses(stats, paired, nbytes)
                 for client in clients:
                     client.drain()
                 self.bad_reply(paired)
@@ -310,8 +317,7 @@ def server_data_received(ServerFields self, data):
             else:
                 owner.req_done(req)
         paired = before - len(outq)
-        stats.responses += paired
-        stats.response_bytes += nbytes
+        _count_responses(stats, paired, nbytes)
         for client in clients:
             if isinstance(client, ClientFields):
                 _client_drain(<ClientFields>client)
@@ -322,7 +328,7 @@ def server_data_received(ServerFields self, data):
         if self.timer is not None and not outq:
             self.timer.cancel()
             self.timer = None
-    if self.parser.error is not None:
+    if parser_error(self.parser) is not None:
         self.fail(EINVAL, "server_err")
 
 # --------------------------------------------------------------------------------------------
@@ -386,8 +392,8 @@ def client_data_received(ClientFields self, data):
     if self.closing:
         return
     parser = self.parser
-    reqs = parser.feed(data)
-    if parser.error is not None:
+    reqs = parser_feed(parser, data)
+    if parser_error(parser) is not None:
         self.bad_input(reqs)
         return
     if reqs:

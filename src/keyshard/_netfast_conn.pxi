@@ -35,6 +35,48 @@ cdef class RuntimeFields:
     cdef dict __dict__
 
 
+cdef class SlotFields:
+    """Twin of `keyshard.net.fields.SlotFields` (ServerSlot keeps a `__dict__` for the rest)."""
+    cdef public object ready, stats
+    cdef dict __dict__
+
+
+# --------------------------------------------------------------------------------------------
+# Counters (keyshard.stats): C integers the twins add to directly; the names are checked
+# against the metric table by the tests.
+
+
+cdef class PoolCounters:
+    """Twin of `keyshard.stats.PoolCounters`."""
+    cdef public long long client_eof, client_err, server_ejects, forward_error, fragments
+
+
+cdef class ServerCounters:
+    """Twin of `keyshard.stats.ServerCounters`."""
+    cdef public long long server_eof, server_err, server_timedout, server_ejected_at
+    cdef public long long requests, request_bytes, responses, response_bytes
+
+
+cdef inline int _count_requests(object stats, Py_ssize_t n, Py_ssize_t nbytes) except -1:
+    if isinstance(stats, ServerCounters):
+        (<ServerCounters>stats).requests += n
+        (<ServerCounters>stats).request_bytes += nbytes
+    else:
+        stats.requests += n
+        stats.request_bytes += nbytes
+    return 0
+
+
+cdef inline int _count_responses(object stats, Py_ssize_t n, Py_ssize_t nbytes) except -1:
+    if isinstance(stats, ServerCounters):
+        (<ServerCounters>stats).responses += n
+        (<ServerCounters>stats).response_bytes += nbytes
+    else:
+        stats.responses += n
+        stats.response_bytes += nbytes
+    return 0
+
+
 cdef inline int _mark(ConnFields conn) except -1:
     """`conn.flusher.mark(conn)` once per iteration (Writer.write's second half)."""
     conn.dirty = True

@@ -119,7 +119,11 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         pos += 1
     cdef SplitOwner owner = SplitOwner(self, req, nfrags)
     if not self.quirks:  # nutcracker never counts fragments
-        self.stats.fragments += nfrags
+        pstats = self.stats
+        if isinstance(pstats, PoolCounters):
+            (<PoolCounters>pstats).fragments += nfrags
+        else:
+            pstats.fragments += nfrags
     # fragment positions in server order (a stable insertion sort: a handful of servers)
     cdef list order = list(range(nfrags))
     cdef list servers = [f[0] for f in frag_list]
@@ -133,10 +137,11 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         order[j + 1] = p
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
-    route = pool.router(now)
+    route = _pool_router(pool, now)
     cdef _Router router = _router_of(route)
     cdef list slots = self.slots
     cdef ServerFields conn
+    cdef SlotFields slot
     cdef Request frag
     for p in order:
         raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
@@ -156,9 +161,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
             route = pool.router(now)  # opening failed: a server may be ejected
             router = _router_of(route)
             continue
-        stats = slot.stats
-        stats.requests += 1
-        stats.request_bytes += len(raw)
+        _count_requests(slot.stats, 1, len(raw))
         conn = conn_obj
         if conn.timeout > 0.0:
             conn_obj.send(frag)

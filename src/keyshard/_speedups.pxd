@@ -33,3 +33,7 @@ cdef class _Router:
 
 
 cdef _Router _router_of(object route)
+
+
+cdef object parser_feed(object parser, object data)
+cdef object parser_error(object parser)

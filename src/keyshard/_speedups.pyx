@@ -126,3 +126,21 @@ include "_speedups_redis.pxi"
 include "_speedups_memcache.pxi"
 include "_speedups_merge.pxi"
 include "_speedups_hash.pxi"
+
+
+cdef object parser_feed(object parser, object data):
+    """`parser.feed(data)`; a C call for the compiled Redis parsers (for keyshard._netfast)."""
+    if type(parser) is RedisRequestParser:
+        return (<RedisRequestParser>parser).feed(data)
+    if type(parser) is RedisReplyParser:
+        return (<RedisReplyParser>parser).feed(data)
+    return parser.feed(data)
+
+
+cdef object parser_error(object parser):
+    """`parser.error`, read as a C struct member from the compiled Redis parsers."""
+    if type(parser) is RedisRequestParser:
+        return (<RedisRequestParser>parser).error
+    if type(parser) is RedisReplyParser:
+        return (<RedisReplyParser>parser).error
+    return parser.error

@@ -2,9 +2,10 @@
 #
 # Unlike the Redis twins these are subclasses of the reference framers, made by
 # `memcache_framers` (called by protocol.memcache itself, so this module never imports it):
-# only `_parse`, the loop with the anchored fast paths, is compiled. Every line it does not
-# match in the usual spelling goes to the reference's own methods (`_general`, `_data_end`,
-# `_scan`, ...), so the grammar and its error texts have one implementation.
+# only `feed` (Framer.feed, its buffering) and `_parse`, the loop with the anchored fast
+# paths, are compiled. Every line `_parse` does not match in the usual spelling goes to the
+# reference's own methods (`_general`, `_data_end`, `_scan`, ...), so the grammar and its
+# error texts have one implementation.
 #
 # The matchers below are the reference's regexes, written out; each is deterministic (no
 # backtracking changes the outcome), which is what makes a single left-to-right scan exact:
@@ -69,6 +70,15 @@ cdef inline int _mc_store_verb(const unsigned char* b, Py_ssize_t p, Py_ssize_t 
 
 def _mc_request_parse(self, data):
     """MemcacheRequestParser._parse, compiled (see the top of this file)."""
+    return _mc_request_parse_c(self, data)
+
+
+def _mc_request_feed(self, data):
+    """MemcacheRequestParser.feed (Framer.feed), compiled: calls the compiled `_parse`."""
+    return _mc_feed(self, data, True)
+
+
+cdef object _mc_request_parse_c(object self, object data):
     cdef bytes buf = _as_bytes(data)
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -233,6 +243,38 @@ cdef object _mc_values(object self, bytes buf, const unsigned char* b, Py_ssize_
 
 def _mc_reply_parse(self, data):
     """MemcacheReplyParser._parse, compiled (see the top of this file)."""
+    return _mc_reply_parse_c(self, data)
+
+
+def _mc_reply_feed(self, data):
+    """MemcacheReplyParser.feed (Framer.feed), compiled: calls the compiled `_parse`."""
+    return _mc_feed(self, data, False)
+
+
+cdef object _mc_feed(object self, object data, bint request):
+    """Framer.feed, line for line (a Python frame per read is a measurable cost); the
+    buffering methods it calls (`_collect`, `_fail`) stay the reference's."""
+    if self._closed or not data:
+        return []
+    if self._chunks is not None:
+        data = self._collect(data)
+        if not data:
+            return []
+    else:
+        tail = self._tail
+        if tail:
+            data = tail + data
+            self._tail = b""
+    try:
+        if request:
+            return _mc_request_parse_c(self, data)
+        return _mc_reply_parse_c(self, data)
+    except Exception as exc:  # our own bug; never escapes (protocol.base Rule 4)
+        self._fail(f"internal error: {exc!r}")
+        return []
+
+
+cdef object _mc_reply_parse_c(object self, object data):
     cdef bytes buf = _as_bytes(data)
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -263,16 +305,17 @@ def _mc_reply_parse(self, data):
 
 
 def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
-    """(MemcacheRequestParser, MemcacheReplyParser) whose `_parse` is compiled: subclasses
-    of the reference classes given, which keep every other method."""
+    """(MemcacheRequestParser, MemcacheReplyParser) whose `feed` and `_parse` are compiled:
+    subclasses of the reference classes given, which keep every other method."""
     global _MC_LINES, _MC_TEXT
     _MC_LINES = tuple(sorted(line_replies))
     _MC_TEXT = tuple(text_prefixes)
     made = []
-    for base, parse in ((request_base, _mc_request_parse), (reply_base, _mc_reply_parse)):
+    for base, parse, feed in ((request_base, _mc_request_parse, _mc_request_feed),
+                              (reply_base, _mc_reply_parse, _mc_reply_feed)):
         made.append(type(base.__name__, (base,), {
             "__slots__": (), "__module__": __name__, "__qualname__": base.__qualname__,
-            "__doc__": f"{base.__doc__}\n\n(compiled `_parse`: keyshard._speedups)",
-            "_parse": parse,
+            "__doc__": f"{base.__doc__}\n\n(compiled `feed` and `_parse`: keyshard._speedups)",
+            "_parse": parse, "feed": feed,
         }))
     return tuple(made)

@@ -211,7 +211,7 @@ cdef class RedisRequestParser:
         self._parts = []
         self._spec = NULL
 
-    def feed(self, data):
+    cpdef feed(self, data):
         """Parse `data` (any cut); return the requests it completes."""
         cdef bytes buf
         cdef list out
@@ -486,7 +486,7 @@ cdef class RedisReplyParser:
         self._need = 0
         self._parts = []
 
-    def feed(self, data):
+    cpdef feed(self, data):
         """Parse `data` (any cut); return the replies it completes."""
         cdef bytes buf
         cdef list out

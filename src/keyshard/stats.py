@@ -23,25 +23,52 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
+from keyshard import speedups_enabled
 from keyshard.metrics import COUNTER, POOL_METRICS, SERVER_METRICS, TIMESTAMP
 
 POOL_COUNTERS = tuple(m.name for m in POOL_METRICS if m.type in (COUNTER, TIMESTAMP))
 SERVER_COUNTERS = tuple(m.name for m in SERVER_METRICS if m.type in (COUNTER, TIMESTAMP))
 
 
-class PoolStats:
+class PoolCounters:
+    """A pool's counters as slots; the compiled twin (`keyshard._netfast`, when built and not
+    disabled) has them as C integers, which its hot loops add to without a lookup."""
+
     __slots__ = POOL_COUNTERS
 
+
+class ServerCounters:
+    """A server's counters (as `PoolCounters`)."""
+
+    __slots__ = SERVER_COUNTERS
+
+
+PyPoolCounters, PyServerCounters = PoolCounters, ServerCounters  # the references (tests)
+if speedups_enabled():
+    try:
+        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            PoolCounters,
+            ServerCounters,
+        )
+    except ImportError:
+        pass
+
+
+class PoolStats(PoolCounters):
+    __slots__ = ()
+    names = POOL_COUNTERS
+
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.names:
             setattr(self, name, 0)
 
 
-class ServerStats:
-    __slots__ = SERVER_COUNTERS
+class ServerStats(ServerCounters):
+    __slots__ = ()
+    names = SERVER_COUNTERS
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.names:
             setattr(self, name, 0)
 
 
@@ -82,4 +109,4 @@ def render(source: Source, service: str = "keyshard", version: str = "",
 
 
 def counters(obj: Any) -> dict[str, int]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
+    return {name: getattr(obj, name) for name in obj.names}

@@ -521,6 +521,7 @@ needs_net = pytest.mark.skipif(_netfast is None and not EXPECTED,
 
 
 def test_net_twins_selected() -> None:
+    from keyshard import stats
     from keyshard.net import client, fields, runtime, server, writer
 
     compiled = keyshard.speedups_in_use()
@@ -538,7 +539,11 @@ def test_net_twins_selected() -> None:
     assert (fields.ClientFields is not fields.PyClientFields) == compiled
     assert (fields.ServerFields is not fields.PyServerFields) == compiled
     assert (fields.RuntimeFields is not fields.PyRuntimeFields) == compiled
+    assert (fields.SlotFields is not fields.PySlotFields) == compiled
+    assert (stats.ServerCounters is not stats.PyServerCounters) == compiled
+    assert (stats.PoolCounters is not stats.PyPoolCounters) == compiled
     assert (Request is not PyRequest) == compiled
+    assert issubclass(runtime.ServerSlot, fields.SlotFields)
     assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)
     assert issubclass(client.ClientConn, fields.ClientFields)
     assert issubclass(server.ServerConn, fields.ServerFields)
@@ -687,6 +692,34 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
     pure = _net_transcript(observe)
     assert compiled == pure
     assert len(pure[-3]) > 0
+
+
+def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:
+    """keyshard.stats counters: the compiled twins declare exactly the table's counters (C
+    integers), start at zero, and the twins' additions land where Python reads them."""
+    from keyshard import stats
+    from keyshard.net.client import ClientConn
+
+    for cls, names in ((stats.PoolStats, stats.POOL_COUNTERS),
+                       (stats.ServerStats, stats.SERVER_COUNTERS)):
+        obj = cls()
+        assert stats.counters(obj) == dict.fromkeys(names, 0)
+        declared = {n for n in dir(cls.__mro__[1]) if not n.startswith("_")}
+        assert declared == set(names)
+        with pytest.raises(AttributeError):
+            obj.stray = 1  # type: ignore[attr-defined]
+    rt, loop, conns = _runtime(1)
+    client = ClientConn(rt)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.data_received(_cmd(b"GET", b"a") + _cmd(b"GET", b"b"))
+    loop.run()
+    conns[0].data_received(b"$1\r\nx\r\n$-1\r\n")
+    counted = stats.counters(rt.slots[0].stats)
+    assert counted["requests"] == 2 and counted["responses"] == 2
+    assert counted["request_bytes"] == 2 * len(_cmd(b"GET", b"a"))
+    assert counted["response_bytes"] == len(b"$1\r\nx\r\n$-1\r\n")
+    rt.slots[0].stats.server_ejected_at = 1_790_000_000_000_000  # microseconds fit
+    assert stats.counters(rt.slots[0].stats)["server_ejected_at"] == 1_790_000_000_000_000
 
 
 def test_connections_have_declared_fields_only() -> None:

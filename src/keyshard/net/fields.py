@@ -1,7 +1,8 @@
 """The fields of the two connection classes, declared once (slots, no per-instance dict).
 
-`ClientConn` and `ServerConn` take their storage from these bases, and `PoolRuntime` the
-fields its hot paths read (`RuntimeFields`; its other attributes stay in its `__dict__`). The compiled twin
+`ClientConn` and `ServerConn` take their storage from these bases, and `PoolRuntime` and
+`ServerSlot` the fields the hot paths read (`RuntimeFields`, `SlotFields`; their other
+attributes stay in their `__dict__`). The compiled twin
 (`keyshard._netfast`, when built and not disabled) declares the same names as C struct members
 of extension types, so the compiled hot loops read and write them without a dictionary or
 descriptor lookup; Python code sees the same attributes either way.
@@ -39,9 +40,15 @@ class RuntimeFields:
                  "__dict__")
 
 
+class SlotFields:
+    """What the hot paths read of a server slot (keyshard.net.runtime.ServerSlot)."""
+
+    __slots__ = ("ready", "stats", "__dict__")
+
+
 # The references stay reachable under these names (tests).
 PyConnFields, PyClientFields, PyServerFields = ConnFields, ClientFields, ServerFields
-PyRuntimeFields = RuntimeFields
+PyRuntimeFields, PySlotFields = RuntimeFields, SlotFields
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
@@ -50,6 +57,7 @@ if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
             ConnFields,
             RuntimeFields,
             ServerFields,
+            SlotFields,
         )
     except ImportError:
         pass

@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from keyshard import speedups_enabled
-from keyshard.net.fields import RuntimeFields
+from keyshard.net.fields import RuntimeFields, SlotFields
 from keyshard.net.server import ECONNREFUSED, EINVAL, SWALLOW, UNKNOWN, ServerConn
 from keyshard.pool import ServerPool
 from keyshard.protocol.base import KIND_FORWARD, KIND_SPLIT, MergeError, Request
@@ -55,7 +55,7 @@ def codec_for(conf: PoolConf) -> Any:
     return memcache_codec
 
 
-class ServerSlot:
+class ServerSlot(SlotFields):
     """One backend server of a pool: its connections, stats and failure bookkeeping."""
 
     def __init__(self, runtime: PoolRuntime, index: int, conf: ServerConf) -> None:

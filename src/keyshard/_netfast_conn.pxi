@@ -8,7 +8,7 @@ cdef class ConnFields:
     """Twin of `keyshard.net.fields.ConnFields`."""
     cdef public object runtime, flusher, codec, parser, transport
     cdef public list wbuf
-    cdef public bint dirty, closed
+    cdef public bint dirty, deferred, closed
 
 
 cdef class ClientFields(ConnFields):
@@ -16,7 +16,7 @@ cdef class ClientFields(ConnFields):
     cdef public list queue
     cdef public object close_mark
     cdef public bint closing, eof, quit, failed, counted, read_paused, write_paused
-    cdef public bint authenticated, deferred
+    cdef public bint authenticated
 
 
 cdef class ServerFields(ConnFields):
@@ -110,17 +110,17 @@ cdef class Flusher:
         self.scheduled = False
         cdef list dirty = self.dirty
         self.dirty = []
-        cdef ClientFields client
+        cdef ConnFields c
         for conn in dirty:
             if isinstance(conn, ConnFields):
-                if isinstance(conn, ClientFields):
-                    client = <ClientFields>conn
-                    if not client.deferred and client.queue and client.transport is not None:
-                        client.deferred = True  # writer Rule 3: once, then written
-                        self.mark(client)
-                        continue
-                    client.deferred = False
-                _writer_flush(<ConnFields>conn)
+                c = <ConnFields>conn
+                if not c.deferred and c.transport is not None and (
+                        not isinstance(c, ClientFields) or (<ClientFields>c).queue):
+                    c.deferred = True  # writer Rules 3 and 4: once, then written
+                    self.mark(c)
+                    continue
+                c.deferred = False
+                _writer_flush(c)
             else:
                 conn.flush()
 

@@ -770,6 +770,32 @@ def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:
     assert waiting.transport.out[-1] == b"+AGAIN\r\n"
 
 
+def test_server_writes_wait_one_iteration() -> None:
+    """keyshard.net.writer Rule 4, in both modes: a server connection's requests leave one
+    loop iteration after the first was buffered, together with those dispatched meanwhile."""
+    from keyshard.net.client import ClientConn
+
+    rt, loop, conns = _runtime(1)
+    first, second = ClientConn(rt), ClientConn(rt)
+    for client in (first, second):
+        client.connection_made(_Transport())  # type: ignore[arg-type]
+
+    def step() -> None:
+        cb, args = loop.soon.pop(0)
+        cb(*args)
+
+    first.data_received(_cmd(b"GET", b"a"))
+    step()  # the first flush puts the server off
+    assert conns[0].transport.out == [] and conns[0].deferred and len(loop.soon) == 1
+    second.data_received(_cmd(b"GET", b"b"))  # read by the next poll
+    step()
+    assert conns[0].transport.out == [_cmd(b"GET", b"a") + _cmd(b"GET", b"b")]
+    assert not conns[0].dirty and not conns[0].deferred and not loop.soon
+    conns[0].data_received(b"$1\r\nx\r\n$1\r\ny\r\n")
+    step()  # clients with nothing more to wait for are written at once (Rule 3)
+    assert first.transport.out == [b"$1\r\nx\r\n"] and second.transport.out == [b"$1\r\ny\r\n"]
+
+
 def test_split_fragments_are_plain_requests() -> None:
     """The split (either twin) builds each fragment as Request(raw, KIND_FORWARD, cmd, b"")
     would, except for what the net layer sets (owner, ctx, server)."""

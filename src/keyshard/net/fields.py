@@ -21,12 +21,13 @@ from keyshard import speedups_enabled
 class ConnFields:
     """What both connection classes have: the writer's buffer and the codec's parser."""
 
-    __slots__ = ("runtime", "flusher", "codec", "parser", "transport", "wbuf", "dirty", "closed")
+    __slots__ = ("runtime", "flusher", "codec", "parser", "transport", "wbuf", "dirty", "deferred",
+                 "closed")
 
 
 class ClientFields(ConnFields):
     __slots__ = ("queue", "close_mark", "closing", "eof", "quit", "failed", "counted",
-                 "read_paused", "write_paused", "authenticated", "deferred")
+                 "read_paused", "write_paused", "authenticated")
 
 
 class ServerFields(ConnFields):

@@ -103,6 +103,7 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):  # type: ignore[misc]
         self.transport: Any = None
         self.wbuf: list[bytes] = []
         self.dirty = False
+        self.deferred = False  # its flush was put off by one loop iteration (writer Rule 4)
         self.outq: deque[Request] = deque()
         self.connected = False
         self.closed = False

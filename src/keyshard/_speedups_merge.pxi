@@ -54,54 +54,83 @@ cdef object _u32_of(bytes buf, Py_ssize_t a, Py_ssize_t b):
     return v
 
 
+cdef dict _heads = None  # redis_merge._HEADS, once loaded
+
+
 def split(req, route):
-    """Twin of redis_merge.split: [(server index, fragment bytes)] and the merge context."""
+    """Twin of redis_merge.split: [(server index, fragment bytes)] and the merge context.
+    Two passes over the keys: the first routes each key once and sizes the fragments, the
+    second writes each fragment into its one allocation (no list per fragment, no dict)."""
+    global _heads
     cdef object args = req.args
     cdef object cmd = req.cmd
-    cdef dict heads = _redis_merge()._HEADS
-    cdef Py_ssize_t step, nargs, i, j, f, size, nel
-    cdef dict frag_of = {}
-    cdef list servers = [], members = [], order = [], frags = []
-    cdef list group
-    cdef bytes head, item, out
-    cdef char* w
-    if args is None or cmd not in heads:
+    if _heads is None:
+        _heads = _redis_merge()._HEADS
+    if args is None or cmd not in _heads:
         raise AssertionError(req)
-    step = 2 if cmd == b"mset" else 1
-    nargs = len(args)
+    cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
+    cdef list items = args if type(args) is list else list(args)
+    cdef Py_ssize_t nargs = len(items), nkeys = (nargs + step - 1) // step
+    cdef Py_ssize_t nfrags = 0, k, f, j, n, server, size
     cdef _Router router = _router_of(route)
-    for i in range(0, nargs, step):
-        server = router.route(args[i]) if router is not None else route(args[i])
-        f_obj = frag_of.get(server)
-        if f_obj is None:
-            f_obj = frag_of[server] = len(servers)
-            servers.append(server)
-            members.append([])
-        group = members[<Py_ssize_t>f_obj]
-        group.append(args[i])
-        if step == 2:
-            group.append(args[i + 1])
-        order.append(f_obj)
-    head = heads[cmd]
-    for f in range(len(servers)):
-        group = members[f]
-        nel = len(group)
-        size = 3 + _ndigits(nel + 1) + PyBytes_GET_SIZE(head)
-        for item in group:  # TypeError for a non-bytes argument, as `%s` would
-            size += 5 + _ndigits(PyBytes_GET_SIZE(item)) + PyBytes_GET_SIZE(item)
-        out = PyBytes_FromStringAndSize(NULL, size)
-        w = PyBytes_AS_STRING(out)
-        w[0] = 42  # '*'
-        w = _put_int(w + 1, nel + 1)
-        w = _put(w, "\r\n", 2)
-        w = _put(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-        for item in group:
-            w[0] = 36  # '$'
-            w = _put_int(w + 1, PyBytes_GET_SIZE(item))
+    cdef bytes item, head = <bytes?>_heads[cmd], out
+    cdef list frags = [], order
+    cdef char* w
+    # per key: its fragment; per fragment: its server, its element count and size, its writer
+    cdef Py_ssize_t* mem = <Py_ssize_t*>malloc((4 * nkeys + 1) * sizeof(Py_ssize_t))
+    cdef char** fw = <char**>malloc((nkeys + 1) * sizeof(char*))
+    if mem == NULL or fw == NULL:
+        free(mem)
+        free(fw)
+        raise MemoryError()
+    cdef Py_ssize_t* frag_of = mem
+    cdef Py_ssize_t* fserver = mem + nkeys
+    cdef Py_ssize_t* fcount = fserver + nkeys
+    cdef Py_ssize_t* fsize = fcount + nkeys
+    try:
+        for k in range(nkeys):
+            key = items[k * step]
+            server = router.route(key) if router is not None else route(key)
+            for f in range(nfrags):  # a handful of servers: a scan is cheaper than a dict
+                if fserver[f] == server:
+                    break
+            else:
+                f = nfrags
+                nfrags += 1
+                fserver[f] = server
+                fcount[f] = 0
+                fsize[f] = 0
+            frag_of[k] = f
+            for j in range(k * step, k * step + step):
+                item = <bytes?>items[j]  # TypeError for a non-bytes argument, as `%s` would
+                n = PyBytes_GET_SIZE(item)
+                fcount[f] += 1
+                fsize[f] += 5 + _ndigits(n) + n
+        for f in range(nfrags):
+            size = 3 + _ndigits(fcount[f] + 1) + PyBytes_GET_SIZE(head) + fsize[f]
+            out = PyBytes_FromStringAndSize(NULL, size)
+            w = PyBytes_AS_STRING(out)
+            w[0] = 42  # '*'
+            w = _put_int(w + 1, fcount[f] + 1)
             w = _put(w, "\r\n", 2)
-            w = _put(w, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
-            w = _put(w, "\r\n", 2)
-        frags.append((servers[f], out))
+            PyList_Append(frags, (fserver[f], out))
+            fw[f] = _put(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+        for k in range(nkeys):
+            f = frag_of[k]
+            w = fw[f]
+            for j in range(k * step, k * step + step):
+                item = <bytes>items[j]
+                n = PyBytes_GET_SIZE(item)
+                w[0] = 36  # '$'
+                w = _put_int(w + 1, n)
+                w = _put(w, "\r\n", 2)
+                w = _put(w, PyBytes_AS_STRING(item), n)
+                w = _put(w, "\r\n", 2)
+            fw[f] = w
+        order = [frag_of[k] for k in range(nkeys)]
+    finally:
+        free(mem)
+        free(fw)
     return frags, order
 
 

@@ -22,6 +22,18 @@ cdef inline bint _closed(object client) except -1:
     return client.closed
 
 
+cdef inline int _owner_init(SplitOwner self, object runtime, object parent,
+                            Py_ssize_t nfrags) except -1:
+    self.runtime = runtime
+    self.parent = parent
+    self.replies = [None] * nfrags
+    self.pending = nfrags
+    self.errors = None
+    self.order = []
+    self.splitting = True
+    return 0
+
+
 @cython.freelist(8)
 cdef class SplitOwner:
     """Twin of `keyshard.net.runtime.SplitOwner`: collects the fragment replies of one split
@@ -36,13 +48,7 @@ cdef class SplitOwner:
     def __init__(self, runtime, parent, Py_ssize_t nfrags):
         if _SWALLOW is None:
             _split_imports()
-        self.runtime = runtime
-        self.parent = parent
-        self.replies = [None] * nfrags
-        self.pending = nfrags
-        self.errors = None
-        self.order = []
-        self.splitting = True
+        _owner_init(self, runtime, parent, nfrags)
 
     cpdef req_done(self, frag):
         client = _get(self.parent, O_OWNER, "owner")
@@ -102,7 +108,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         _split_imports()
     pool = self.pool
     codec = self.codec
-    frags, ctx = codec.split(req, pool.grouper())
+    frags, ctx = codec.split(req, pool._group)  # pool.grouper(), inlined
     cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
     preq.ctx = ctx
     args = preq.args
@@ -117,7 +123,8 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
             PyList_Append(firsts, args[pos * step])
             nfirsts += 1
         pos += 1
-    cdef SplitOwner owner = SplitOwner(self, req, nfrags)
+    cdef SplitOwner owner = SplitOwner.__new__(SplitOwner)
+    _owner_init(owner, self, req, nfrags)
     if not self.quirks:  # nutcracker never counts fragments
         pstats = self.stats
         if isinstance(pstats, PoolCounters):

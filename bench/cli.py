@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench import machine, report, workloads
+from bench import fleet, machine, report, workloads
 from bench.fleet import ROOT, Backends, Proxy, start_backends
 from bench.workloads import WORKLOADS, Run, Workload, measure
 
@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")
     ap.add_argument("--idle-conns", type=int, default=1000)
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the clients to the last CPU and the proxies and backends to the "
+                         "others: less run-to-run noise, but not the default setting, where "
+                         "the scheduler places everything on the shared cores")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _raise_fd_limit()
     workloads.IDLE_CONNS = a.idle_conns
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            print("--pin needs at least 2 CPUs", file=sys.stderr)
+            return 2
+        fleet.SERVER_CPUS, fleet.CLIENT_CPUS = set(cpus[:-1]), {cpus[-1]}
     logs = a.out / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
@@ -218,6 +228,7 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
         "proxies": labels, "reps": a.reps, "seconds": a.seconds, "quick": a.quick,
+        "pinned": a.pin,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,
         "cores": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0],

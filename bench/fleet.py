@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+# --pin: the CPUs of the proxies and backends, and of the clients (None: not pinned). Set once
+# by the command line before anything starts; children inherit it, threads included.
+SERVER_CPUS: set[int] | None = None
+CLIENT_CPUS: set[int] | None = None
+
+
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that pins the child to `cpus` before it runs (None when not pinning)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class Child:
     """One process we started: argv, log file, stop by PID."""
 
@@ -73,7 +87,8 @@ class Child:
             log.flush()
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.log_path.parent,
-                                         env=self.env)
+                                         env=self.env,
+                                         preexec_fn=pinned(SERVER_CPUS))  # noqa: PLW1509 (no threads here)
 
     @property
     def pid(self) -> int:

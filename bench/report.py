@@ -146,12 +146,19 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
     return "\n".join(out) + "\n"
 
 
+def _sharing(meta: dict[str, Any]) -> str:
+    if meta.get("pinned"):
+        return (f"{meta.get('cores')} cores, pinned (--pin): the client on the last, backends "
+                f"and proxy on the others")
+    return f"{meta.get('cores')} cores shared by client, backends and proxy"
+
+
 def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
     legend = ", ".join(f"{short(p)} = {p}" for p in labels)
     return (f"## keyshard benchmark — {meta.get('date', '')}\n\n"
             f"Medians of {meta.get('reps')} interleaved run(s) per cell; {legend}; "
             f"ratios are against {labels[0]} (rps: higher is better, CPU/request: lower is "
-            f"better). {meta.get('cores')} cores shared by client, backends and proxy. "
+            f"better). {_sharing(meta)}. "
             f"commit {meta.get('commit', '?')}; p99 from redis-benchmark (memcslap gives none).")
 
 
@@ -233,7 +240,7 @@ def write_png(path: Path, summary: dict[str, dict[str, Cell]], workloads: list[W
                 default=0)
     fig.suptitle(f"{' vs '.join(labels)} — medians of {meta.get('reps')} interleaved run(s), "
                  f"whiskers min–max, labels {short(labels[-1])}/{short(labels[0])}; "
-                 f"{meta.get('cores')} cores shared; other processes took up to {worst:.0f}% "
+                 f"{_sharing(meta)}; other processes took up to {worst:.0f}% "
                  f"of the machine during a run", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import machine
+from bench import fleet, machine
 from bench.fleet import ROOT, Proxy, tree_cpu_ticks, tree_rss_kb, tree_socket_fds
 from bench.parse import ParseError, parse_memcslap, parse_redis_benchmark_csv, ticks_to_us
 
@@ -94,7 +94,7 @@ class ClientResult:
 def _run_tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, preexec_fn=fleet.pinned(fleet.CLIENT_CPUS))
     except subprocess.TimeoutExpired:
         raise RunFailed(f"{argv[0]} timed out after {timeout:.0f}s (killed)") from None
 
@@ -228,7 +228,8 @@ def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[i
     holder = subprocess.Popen([sys.executable, "-m", "bench.idle", str(proxy.redis_port),
                                str(idle), str(timeout + 60)], cwd=ROOT, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+                              stderr=subprocess.STDOUT,
+                              preexec_fn=fleet.pinned(fleet.CLIENT_CPUS))
     try:
         _wait_ready(holder, idle, 30.0)
         _wait_accepted(proxy, sockets0 + idle, 20.0)

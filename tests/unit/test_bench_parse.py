@@ -240,3 +240,28 @@ def test_report_medians_ratios_and_failures() -> None:
     dead = {w.name: {"nutcracker": [ok(1, 1)], "keyshard": [Run(w.name, "k", 1, error="x")]}}
     md = markdown(summarize(dead), [w], ["nutcracker", "keyshard"], {})
     assert "failed" in md and "—" in md
+
+
+def test_pin_places_children_and_says_so() -> None:
+    """--pin: a child started with `pinned(cpus)` runs on those CPUs only (threads too, as
+    they inherit it); without --pin nothing is pinned; the report says which setting ran."""
+    import subprocess
+    import sys
+
+    from bench.fleet import pinned
+    from bench.report import markdown, summarize
+    from bench.workloads import WORKLOADS, Run
+
+    assert pinned(None) is None
+    cpu = max(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, check=True, preexec_fn=pinned({cpu}))
+    assert out.stdout.strip() == f"[{cpu}]"
+    w = WORKLOADS[0]
+    results = {w.name: {p: [Run(w.name, p, 1, rps=1.0, cpu_us_per_req=1.0)]
+                        for p in ("nutcracker", "keyshard")}}
+    shared = markdown(summarize(results), [w], ["nutcracker", "keyshard"], {"cores": 2})
+    pinned_md = markdown(summarize(results), [w], ["nutcracker", "keyshard"],
+                         {"cores": 2, "pinned": True})
+    assert "2 cores shared by client, backends and proxy" in shared and "pinned" not in shared
+    assert "pinned (--pin)" in pinned_md

@@ -26,7 +26,9 @@ Rules:
 
 Rule 1: at most one `transport.write` per connection per loop iteration (`writer.Flusher`):
         replies and requests are appended to a connection's write buffer and flushed once, from
-        a single `call_soon`. This was the largest single performance win.
+        a single `call_soon`. This was the largest single performance win. A server
+        connection, and a client still waiting for replies, are written one iteration later
+        (writer Rules 3 and 4), so what arrives meanwhile leaves in the same write.
 Rule 2: bytes are forwarded as they came; only split requests get new bytes (from the codec).
 Rule 3: a request's reply is set exactly once, by the server reply, a proxy error reply
         (connection refused, timed out, ...) or a local answer; its owner is then told.

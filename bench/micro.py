@@ -21,12 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from keyshard import speedups_in_use
-from keyshard.config import PoolConf, ServerConf
 from keyshard.net.client import ClientConn
-from keyshard.net.runtime import PoolRuntime
-from keyshard.net.server import ServerConn
-from keyshard.net.writer import Flusher
-from tests.unit.test_speedups import _cmd, _Loop, _Transport
+from tests.unit.test_speedups import _cmd, _Loop, _runtime, _Transport
 
 CLIENTS = 50
 
@@ -63,22 +59,11 @@ class _Sink:
         return False
 
 
-def _pool(redis: bool) -> tuple[PoolRuntime, _Loop, list[ServerConn]]:
-    servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
-                          port=7000 + i, weight=1, is_unix=False) for i in range(2)]
-    conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=redis, servers=servers)
-    loop = _Loop()
-    rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
-    conns = []
-    for slot in rt.slots:
-        conn = ServerConn(rt, slot)
-        conn.transport = _Sink()
-        conn.connected = True
-        slot.conns.append(conn)
-        slot.ready = conn
-        conns.append(conn)
-    return rt, loop, conns
+def _pool(redis: bool) -> tuple[Any, _Loop, list[Any]]:
+    rt, loop, servers = _runtime(2, redis=redis)
+    for server in servers:
+        server.transport = _Sink()
+    return rt, loop, servers
 
 
 def measure(name: str, rounds: int) -> float:

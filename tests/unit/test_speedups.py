@@ -599,9 +599,11 @@ def _cmd(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def _runtime(nservers: int, connected: bool = True) -> tuple[Any, _Loop, list[Any]]:
-    """A redis pool runtime on a fake loop; with `connected`, each server has one ready
-    connection over a fake transport. Flusher is looked up at call time (tests swap it)."""
+def _runtime(nservers: int, connected: bool = True,
+             redis: bool = True) -> tuple[Any, _Loop, list[Any]]:
+    """A pool runtime (redis, or memcache) on a fake loop; with `connected`, each server has
+    one ready connection over a fake transport. Flusher is looked up at call time (tests swap
+    it). bench/micro.py drives it too."""
     from keyshard.config import PoolConf, ServerConf
     from keyshard.net.runtime import PoolRuntime
     from keyshard.net.server import ServerConn
@@ -610,7 +612,7 @@ def _runtime(nservers: int, connected: bool = True) -> tuple[Any, _Loop, list[An
     servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
                           port=7000 + i, weight=1, is_unix=False) for i in range(nservers)]
     conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=True, servers=servers)
+                    listen_port=22121, redis=redis, servers=servers)
     loop = _Loop()
     rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
     conns = []

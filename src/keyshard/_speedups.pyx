@@ -138,9 +138,11 @@ cdef object parser_feed(object parser, object data):
 
 
 cdef object parser_error(object parser):
-    """`parser.error`, read as a C struct member from the compiled Redis parsers."""
+    """`parser.error`, read as a C struct member from the compiled parsers."""
     if type(parser) is RedisRequestParser:
         return (<RedisRequestParser>parser).error
     if type(parser) is RedisReplyParser:
         return (<RedisReplyParser>parser).error
+    if isinstance(parser, FramerFields):
+        return (<FramerFields>parser).error
     return parser.error

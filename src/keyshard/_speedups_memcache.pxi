@@ -25,6 +25,14 @@ cdef tuple _MC_LINES = ()  # memcache.LINE_REPLIES
 cdef tuple _MC_TEXT = ()  # memcache.TEXT_PREFIXES
 
 
+cdef class FramerFields:
+    """Twin of keyshard.protocol.memcache.FramerFields: the framers' state as C struct
+    members (the reference and the compiled framers both inherit it)."""
+    cdef public object _chunks, _tail, error
+    cdef public bint _closed
+    cdef public Py_ssize_t _have, _need
+
+
 cdef inline Py_ssize_t _mc_key(const unsigned char* b, Py_ssize_t p, Py_ssize_t n) noexcept:
     """End of the `[^ \\r]` run at `p`, at most MC_MAX_KEY long; -1 if empty."""
     cdef Py_ssize_t e = p
@@ -254,17 +262,18 @@ def _mc_reply_feed(self, data):
 cdef object _mc_feed(object self, object data, bint request):
     """Framer.feed, line for line (a Python frame per read is a measurable cost); the
     buffering methods it calls (`_collect`, `_fail`) stay the reference's."""
-    if self._closed or not data:
+    cdef FramerFields fields = <FramerFields?>self
+    if fields._closed or not data:
         return []
-    if self._chunks is not None:
+    if fields._chunks is not None:
         data = self._collect(data)
         if not data:
             return []
     else:
-        tail = self._tail
+        tail = fields._tail
         if tail:
             data = tail + data
-            self._tail = b""
+            fields._tail = b""
     try:
         if request:
             return _mc_request_parse_c(self, data)
@@ -305,17 +314,22 @@ cdef object _mc_reply_parse_c(object self, object data):
 
 
 def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
-    """(MemcacheRequestParser, MemcacheReplyParser) whose `feed` and `_parse` are compiled:
-    subclasses of the reference classes given, which keep every other method."""
+    """(MemcacheRequestParser, MemcacheReplyParser) whose `_parse` is compiled, and `feed`
+    too when their state is the compiled `FramerFields`: subclasses of the reference classes
+    given, which keep every other method."""
     global _MC_LINES, _MC_TEXT
     _MC_LINES = tuple(sorted(line_replies))
     _MC_TEXT = tuple(text_prefixes)
     made = []
     for base, parse, feed in ((request_base, _mc_request_parse, _mc_request_feed),
                               (reply_base, _mc_reply_parse, _mc_reply_feed)):
+        methods = {"_parse": parse}
+        if issubclass(base, FramerFields):  # its state is in C struct members: `feed` too
+            methods["feed"] = feed
         made.append(type(base.__name__, (base,), {
             "__slots__": (), "__module__": __name__, "__qualname__": base.__qualname__,
-            "__doc__": f"{base.__doc__}\n\n(compiled `feed` and `_parse`: keyshard._speedups)",
-            "_parse": parse, "feed": feed,
+            "__doc__": f"{base.__doc__}\n\n(compiled {' and '.join(sorted(methods))}: "
+                       "keyshard._speedups)",
+            **methods,
         }))
     return tuple(made)

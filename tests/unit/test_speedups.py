@@ -523,6 +523,7 @@ needs_net = pytest.mark.skipif(_netfast is None and not EXPECTED,
 def test_net_twins_selected() -> None:
     from keyshard import stats
     from keyshard.net import client, fields, runtime, server, writer
+    from keyshard.protocol import memcache
 
     compiled = keyshard.speedups_in_use()
     if EXPECTED:
@@ -542,6 +543,8 @@ def test_net_twins_selected() -> None:
     assert (fields.SlotFields is not fields.PySlotFields) == compiled
     assert (stats.ServerCounters is not stats.PyServerCounters) == compiled
     assert (stats.PoolCounters is not stats.PyPoolCounters) == compiled
+    assert (memcache.FramerFields is not memcache.PyFramerFields) == compiled
+    assert issubclass(memcache.PyMemcacheReplyParser, memcache.FramerFields)
     assert (Request is not PyRequest) == compiled
     assert issubclass(runtime.ServerSlot, fields.SlotFields)
     assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)

@@ -89,10 +89,28 @@ _STORE1 = re.compile(
 T = TypeVar("T")
 
 
-class Framer(Generic[T]):
-    """Buffering shared by both framers: a short tail, or a chunk list for long waits."""
+class FramerFields:
+    """The framers' state, declared once (slots). The compiled twin (keyshard._speedups, when
+    built and not disabled) declares the same names as C struct members, which its compiled
+    `feed` reads without a lookup; Python code sees the same attributes either way."""
 
     __slots__ = ("_chunks", "_closed", "_have", "_need", "_tail", "error")
+
+
+PyFramerFields = FramerFields  # the reference (tests)
+if speedups_enabled():
+    try:
+        from keyshard._speedups import (  # type: ignore[import-not-found,import-untyped,no-redef,unused-ignore]
+            FramerFields,
+        )
+    except ImportError:
+        pass
+
+
+class Framer(FramerFields, Generic[T]):
+    """Buffering shared by both framers: a short tail, or a chunk list for long waits."""
+
+    __slots__ = ()
     WAKE: tuple[bytes, ...] = (b"\r",)  # bytes that may end a long pending line
 
     def __init__(self) -> None:
@@ -496,9 +514,9 @@ __all__ = ["CODEC", "MemcacheCodec", "MemcacheReplyParser", "MemcacheRequestPars
 PyMemcacheRequestParser = MemcacheRequestParser
 PyMemcacheReplyParser = MemcacheReplyParser
 
-if speedups_enabled():  # subclasses with a compiled `_parse`, if built (keyshard/__init__.py)
+if speedups_enabled():  # subclasses with a compiled `_parse` (and `feed`), if built
     try:
-        from keyshard._speedups import memcache_framers  # type: ignore[import-not-found]
+        from keyshard._speedups import memcache_framers  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         pass
     else:

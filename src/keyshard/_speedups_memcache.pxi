@@ -26,7 +26,7 @@ cdef tuple _MC_TEXT = ()  # memcache.TEXT_PREFIXES
 
 
 cdef class FramerFields:
-    """Twin of keyshard.protocol.memcache.FramerFields: the framers' state as C struct
+    """Twin of keyshard.protocol.memcache_framer.FramerFields: the framers' state as C struct
     members (the reference and the compiled framers both inherit it)."""
     cdef public object _chunks, _tail, error
     cdef public bint _closed

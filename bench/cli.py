@@ -219,7 +219,8 @@ def _raise_fd_limit() -> None:
 def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
     def out(argv: list[str]) -> str:
         try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT,
+                                check=False)
             return (cp.stdout + cp.stderr).strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
             return "?"

@@ -261,14 +261,22 @@ def _read(path: str) -> str:
 
 def tree_cpu_ticks(pid: int) -> int:
     """utime+stime (+ reaped children's) summed over the tree, in clock ticks."""
-    total = 0
+    return sum(tree_cpu_split(pid))
+
+
+def tree_cpu_split(pid: int) -> tuple[int, int]:
+    """(user, kernel) clock ticks summed over the tree, reaped children's included."""
+    user = kernel = 0
     for p in tree_pids(pid):
         try:
-            total += parse_proc_stat(_read(f"/proc/{p}/stat")).cpu_ticks
+            st = parse_proc_stat(_read(f"/proc/{p}/stat"))
         except (OSError, ParseError):
             if p == pid:
                 raise
-    return total
+            continue
+        user += st.utime + st.cutime
+        kernel += st.stime + st.cstime
+    return user, kernel
 
 
 def tree_rss_kb(pid: int) -> int:

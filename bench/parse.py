@@ -82,9 +82,9 @@ class MemcslapResult:
 
 _MS_TIMED = re.compile(
     r"^Time to (?P<test>get|set|mget)\s+(?P<keys>\d+) keys by\s+(?P<threads>\d+) threads:"
-    r"\s+(?P<secs>[\d.]+) seconds\.", re.M)
-_MS_LOAD = re.compile(r"^Time to set\s+(?P<keys>\d+) keys:\s+[\d.]+ seconds\.", re.M)
-_MS_ERROR = re.compile(r"^Fatal error", re.M)
+    r"\s+(?P<secs>[\d.]+) seconds\.", re.MULTILINE)
+_MS_LOAD = re.compile(r"^Time to set\s+(?P<keys>\d+) keys:\s+[\d.]+ seconds\.", re.MULTILINE)
+_MS_ERROR = re.compile(r"^Fatal error", re.MULTILINE)
 
 
 def parse_memcslap(text: str) -> MemcslapResult:
@@ -140,7 +140,7 @@ def parse_proc_stat(text: str) -> ProcStat:
 
 def parse_vmrss_kb(status_text: str) -> int:
     """VmRSS from /proc/<pid>/status, in kB (a zombie has no VmRSS line: ParseError)."""
-    m = re.search(r"^VmRSS:\s+(\d+) kB$", status_text, re.M)
+    m = re.search(r"^VmRSS:\s+(\d+) kB$", status_text, re.MULTILINE)
     if m is None:
         raise ParseError("no VmRSS line in /proc/<pid>/status")
     return int(m[1])

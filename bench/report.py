@@ -4,6 +4,11 @@ Rule 1: a cell is the median over the runs that succeeded; a cell with no succes
         "failed", and a cell missing some runs is marked † with the errors listed under the table.
 Rule 2: ratios are other/baseline, the baseline being the first proxy given (nutcracker), for
         requests/s (higher is better) and for CPU µs/request (lower is better).
+Rule 3: the CPU table models a CPU-bound run: requests/s = busy share x cores / (all CPU per
+        request). Its "model" ratio is checked against the measured one in the same table, and
+        its "bound" is the model with the proxy's user time taken to zero, everything else
+        as measured: what making the proxy's own code free would give, short of making fewer
+        syscalls or changing what the backends and the client do.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.workloads import Run, Workload
+from bench.workloads import SPLIT_KEYS, Run, Workload
 
 Results = dict[str, dict[str, list[Run]]]      # workload name -> proxy label -> runs
 
@@ -50,6 +55,8 @@ class Cell:
     per_rep_rps: list[float | None] = field(default_factory=list)    # None: that run failed
     per_rep_cpu: list[float | None] = field(default_factory=list)
     foreign_max_pct: float | None = None
+    split: dict[str, float | None] = field(default_factory=dict)   # SPLIT_KEYS -> µs/request
+    busy_pct: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -76,6 +83,10 @@ def cell(runs: list[Run]) -> Cell:
     c.cpu_min, c.cpu_max = min(cpu, default=None), max(cpu, default=None)
     c.p99_ms = _median([r.p99_ms for r in good])
     c.rss_kb = _median([r.rss_kb for r in good])
+    splits = [r.extra["cpu_split_us"] for r in good if "cpu_split_us" in r.extra]
+    if splits:
+        c.split = {k: _median([sp.get(k) for sp in splits]) for k in SPLIT_KEYS}
+    c.busy_pct = _median([r.extra.get("machine_busy_pct") for r in good])
     if any("kb_per_idle_conn" in r.extra for r in good):
         c.idle = {k: _median([r.extra.get(k) for r in good]) for k in _IDLE_KEYS}
     return c
@@ -142,6 +153,7 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
         out.append("| " + " | ".join(row) + " |")
     out += _disturbance(summary)
     out += _idle_table(summary, labels, meta)
+    out += _cpu_table(summary, workloads, labels)
     out += _failures(summary, workloads)
     return "\n".join(out) + "\n"
 
@@ -183,8 +195,8 @@ def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],
         return []
     n = meta.get("idle_conns", 1000)
     out = ["", f"Idle connections ({n} held open, fresh proxy each run):", "",
-           "| proxy | RSS before MB | RSS with idle MB | RSS after one PING each MB "
-           "| RSS after GET load MB | KB per idle conn | KB per conn after one request |",
+           ("| proxy | RSS before MB | RSS with idle MB | RSS after one PING each MB "
+            "| RSS after GET load MB | KB per idle conn | KB per conn after one request |"),
            "|---|---:|---:|---:|---:|---:|---:|"]
     for p in labels:
         c = cells.get(p)
@@ -195,6 +207,47 @@ def _idle_table(summary: dict[str, dict[str, Cell]], labels: list[str],
         out.append(f"| {p} | " + " | ".join(mb)
                    + f" | {_fmt(vals[4], '.2f', c)} | {_fmt(vals[5], '.2f', c)} |")
     return out
+
+
+def _total(c: Cell) -> float | None:
+    vals = [c.split.get(k) for k in SPLIT_KEYS]
+    return None if c.failed or None in vals else sum(v for v in vals if v is not None)
+
+
+def model_ratios(c: Cell, base: Cell) -> tuple[float | None, float | None]:
+    """Rule 3: (the model's rps ratio c/base, the same with c's proxy user time at zero)."""
+    tc, tb, user = _total(c), _total(base), c.split.get("proxy_user")
+    if tc is None or tb is None or user is None or not c.busy_pct or not base.busy_pct:
+        return None, None
+    scale = c.busy_pct / base.busy_pct
+    return scale * tb / tc, (scale * tb / (tc - user) if tc > user else None)
+
+
+def _cpu_table(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
+               labels: list[str]) -> list[str]:
+    rows = []
+    for w in workloads:
+        cells = summary.get(w.name, {})
+        base = cells.get(labels[0])
+        for p in labels:
+            c = cells.get(p)
+            if c is None or base is None or _total(c) is None:
+                continue
+            vals = [_fmt(c.split.get(k), ".2f", c) for k in SPLIT_KEYS]
+            model, bound = model_ratios(c, base) if p != labels[0] else (None, None)
+            measured = ratio(c.rps, base.rps) if p != labels[0] else None
+            rows.append(f"| {w.title} | {short(p)} | " + " | ".join(vals)
+                        + f" | {_fmt(_total(c), '.2f', c)} | {_fmt(c.busy_pct, '.0f', c)} | "
+                        + " | ".join(_ratio_fmt(v) for v in (measured, model, bound)) + " |")
+    if not rows:
+        return []
+    return ["", ("Where the machine's CPU went, µs per request (medians): the client, the "
+                 "backends, the proxy's user and kernel time. model = the rps ratio a CPU-bound "
+                 "run predicts from these (busy % × cores / total); bound = the same with the "
+                 "proxy's user time at zero and everything else as measured."), "",
+            ("| workload | proxy | client | backends | proxy user | proxy kernel | total "
+             "| machine busy % | rps ratio measured | model | bound |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows]
 
 
 def _failures(summary: dict[str, dict[str, Cell]], workloads: list[Workload]) -> list[str]:

@@ -6,11 +6,16 @@ Rule 2: a run never raises; it returns a Run, either with figures or with `error
         broken proxy shows up as "failed" in the table.
 Rule 3: proxy CPU is /proc utime+stime of the proxy's process tree, read right before the client
         starts and right after it exits, divided by the requests the client sent.
+Rule 4: over the same interval, every process of the run is accounted per request
+        (`extra["cpu_split_us"]`): the client (rusage of the reaped child), the backends
+        (/proc, as the proxy) and the proxy's user and kernel time apart. That is where the
+        machine's CPU went, which bounds what a faster proxy can still win.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import select
 import socket
 import subprocess
@@ -20,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench import fleet, machine
-from bench.fleet import ROOT, Proxy, tree_cpu_ticks, tree_rss_kb, tree_socket_fds
+from bench.fleet import ROOT, Proxy, tree_cpu_split, tree_cpu_ticks, tree_rss_kb, tree_socket_fds
 from bench.parse import ParseError, parse_memcslap, parse_redis_benchmark_csv, ticks_to_us
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -93,7 +98,7 @@ class ClientResult:
 
 def _run_tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                               stdin=subprocess.DEVNULL, preexec_fn=fleet.pinned(fleet.CLIENT_CPUS))
     except subprocess.TimeoutExpired:
         raise RunFailed(f"{argv[0]} timed out after {timeout:.0f}s (killed)") from None
@@ -148,8 +153,8 @@ def port_for(w: Workload, proxy: Proxy) -> int:
 # ---- probes: is the proxy answering at all? -----------------------------------------------------
 
 _PROBES = {
-    "redis": (b"*3\r\n$3\r\nSET\r\n$11\r\nbench:probe\r\n$1\r\n1\r\n"
-              b"*2\r\n$3\r\nGET\r\n$11\r\nbench:probe\r\n", b"+OK\r\n$1\r\n1\r\n"),
+    "redis": ((b"*3\r\n$3\r\nSET\r\n$11\r\nbench:probe\r\n$1\r\n1\r\n"
+               b"*2\r\n$3\r\nGET\r\n$11\r\nbench:probe\r\n"), b"+OK\r\n$1\r\n1\r\n"),
     "memcache": (b"set bench:probe 0 0 1\r\n1\r\nget bench:probe\r\n",
                  b"STORED\r\nVALUE bench:probe 0 1\r\n1\r\nEND\r\n"),
 }
@@ -200,16 +205,37 @@ def _client_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple
                 run: Run) -> None:
     pid, pids = proxy.pid, [proxy.pid, *others]
     snap0 = machine.snapshot(pids)
-    cpu0, t0 = tree_cpu_ticks(pid), time.monotonic()
+    acct0 = _accounts(pid, others)
+    t0 = time.monotonic()
     res = client_for(w)(port_for(w, proxy), w, n, timeout)
     run.seconds = time.monotonic() - t0
     if not proxy.alive():
         raise RunFailed("proxy exited during the run")
-    run.cpu_ticks = tree_cpu_ticks(pid) - cpu0
+    acct = [b - a for a, b in zip(acct0, _accounts(pid, others))]
+    run.cpu_ticks = round(acct[2] + acct[3])
     run.extra.update(machine.disturbance(snap0, machine.snapshot(pids)))
     run.rss_kb = tree_rss_kb(pid)
     run.rps, run.p99_ms, run.requests = res.rps, res.p99_ms, res.requests
     run.cpu_us_per_req = ticks_to_us(run.cpu_ticks, CLK_TCK) / res.requests
+    run.extra["cpu_split_us"] = {k: round(v * 1e6 / CLK_TCK / res.requests, 3)
+                                 for k, v in zip(SPLIT_KEYS, acct)}
+
+
+SPLIT_KEYS = ("client", "backends", "proxy_user", "proxy_kernel")
+
+
+def _accounts(pid: int, others: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """CPU so far, in clock ticks (Rule 4): reaped children of this process (the client),
+    the backends, the proxy's user and kernel time."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    backends = 0
+    for o in others:
+        try:
+            backends += tree_cpu_ticks(o)
+        except (OSError, ValueError):   # a backend that died: its CPU is lost with it
+            pass
+    user, kernel = tree_cpu_split(pid)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK, float(backends), float(user), float(kernel)
 
 
 def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[int, ...],
@@ -228,8 +254,8 @@ def _idle_run(w: Workload, proxy: Proxy, n: int, timeout: float, others: tuple[i
     holder = subprocess.Popen([sys.executable, "-m", "bench.idle", str(proxy.redis_port),
                                str(idle), str(timeout + 60)], cwd=ROOT, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT,
-                              preexec_fn=fleet.pinned(fleet.CLIENT_CPUS))
+                              stderr=subprocess.STDOUT,  # the benchmark starts no threads:
+                              preexec_fn=fleet.pinned(fleet.CLIENT_CPUS))  # noqa: PLW1509
     try:
         _wait_ready(holder, idle, 30.0)
         _wait_accepted(proxy, sockets0 + idle, 20.0)

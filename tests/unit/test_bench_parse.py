@@ -265,3 +265,36 @@ def test_pin_places_children_and_says_so() -> None:
                          {"cores": 2, "pinned": True})
     assert "2 cores shared by client, backends and proxy" in shared and "pinned" not in shared
     assert "pinned (--pin)" in pinned_md
+
+
+def test_cpu_table_model_and_bound() -> None:
+    """The CPU table: medians of each process's share per request, the model's rps ratio
+    (busy share / total CPU per request) and the bound with the proxy's user time at zero."""
+    from bench.report import markdown, model_ratios, summarize
+    from bench.workloads import WORKLOADS, Run
+
+    w = WORKLOADS[0]
+
+    def run(p: str, busy: float, client: float, user: float, kernel: float) -> Run:
+        return Run(w.name, p, 1000, rps=1.0, cpu_us_per_req=user + kernel,
+                   extra={"machine_busy_pct": busy, "cpu_split_us": {
+                       "client": client, "backends": 4.0, "proxy_user": user,
+                       "proxy_kernel": kernel}})
+
+    results = {w.name: {
+        "nutcracker": [run("n", 90, 10, 2, 14), run("n", 100, 12, 2, 14)],  # medians 95, 11
+        "keyshard": [run("k", 95, 11, 5, 5), run("k", 95, 11, 5, 5)],
+    }}
+    summary = summarize(results)
+    nut, ks = summary[w.name]["nutcracker"], summary[w.name]["keyshard"]
+    assert nut.split == {"client": 11, "backends": 4.0, "proxy_user": 2, "proxy_kernel": 14}
+    model, bound = model_ratios(ks, nut)
+    assert model == pytest.approx(31 / 25) and bound == pytest.approx(31 / 20)
+    md = markdown(summary, [w], ["nutcracker", "keyshard"], {"reps": 2, "cores": 2})
+    row = next(line for line in md.splitlines() if line.startswith(f"| {w.title} | ks |"))
+    assert "| 25.00 | 95 | 1.00× | 1.24× | 1.55× |" in row
+    # runs without the split (older results) leave the table out
+    plain = {w.name: {p: [Run(w.name, p, 1, rps=1.0, cpu_us_per_req=1.0)]
+                      for p in ("nutcracker", "keyshard")}}
+    assert "Where the machine's CPU went" not in markdown(
+        summarize(plain), [w], ["nutcracker", "keyshard"], {})

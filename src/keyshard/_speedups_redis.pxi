@@ -458,7 +458,7 @@ cdef Py_ssize_t _reply_item(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
 
 
 cdef class RedisReplyParser:
-    """Frames server bytes into replies (twin of protocol.redis.RedisReplyParser)."""
+    """Frames server bytes into replies (twin of protocol.redis_resp.RedisReplyParser)."""
 
     cdef public object error
     cdef list _chunks

@@ -96,7 +96,7 @@ def test_this_run_uses_what_it_expects() -> None:
 
 def test_no_extensions_forces_pure_python() -> None:
     assert _probe(KEYSHARD_NO_EXTENSIONS="1") == [
-        "False", "keyshard.protocol.redis", "keyshard.protocol.redis", "function",
+        "False", "keyshard.protocol.redis", "keyshard.protocol.redis_resp", "function",
         "keyshard.pool", "keyshard.protocol.memcache", "keyshard.protocol.memcache"]
 
 

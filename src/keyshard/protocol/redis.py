@@ -90,7 +90,7 @@ def _numkeys(digits: bytes) -> None:
         raise ProtocolError("bad numkeys")
 
 
-class RedisRequestParser(_Chunks):
+class RedisRequestParser(_Chunks[Request]):
     """Frames client bytes into `Request`s; see the module docstring, Rules 1-6."""
 
     __slots__ = ("_chunks", "_have", "_maxk", "_need", "_parts", "_st", "error")
@@ -107,31 +107,14 @@ class RedisRequestParser(_Chunks):
         # the request in progress, past its name: (spec, narg, next element, key, args)
         self._st: tuple[CommandSpec, int, int, bytes, list[bytes] | None] | None = None
 
-    def feed(self, data: bytes) -> list[Request]:
-        """Parse `data` (any cut); return the requests it completes."""
-        if self.error is not None or not data:
-            return []
-        buf = self._gather(data)
-        if buf is None:
-            return []
-        out: list[Request] = []
-        try:
-            n = len(buf)
-            p = 0
-            if self._st is not None:
-                p = self._resume(buf, n, out)
-            if 0 <= p < n:
-                self._run(buf, p, n, out)
-        except ProtocolError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 -- a bug of ours must not kill the event loop
-            self._fail(f"internal error: {exc!r}")
-        return out
+    def _parse(self, buf: bytes, n: int, out: list[Request]) -> None:
+        p = 0
+        if self._st is not None:
+            p = self._resume(buf, n, out)
+        if 0 <= p < n:
+            self._run(buf, p, n, out)
 
-    def _fail(self, reason: str) -> None:
-        self.error = reason
-        self._chunks = []
-        self._parts = []
+    def _forget(self) -> None:
         self._st = None
 
     def _wait(self, buf: bytes, start: int, n: int, need: int) -> None:

@@ -14,13 +14,14 @@ Rule 2: a reply cut at any byte waits for the bytes it needs, which `_Chunks` ga
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from .base import ProtocolError
 
 MAX_HEADER_DIGITS: Final = 32
 _MASK32: Final = 0xFFFFFFFF
 _NIL: Final = b"$-1\r\n"
+T = TypeVar("T")
 
 # Hot-path tables (the request parser's `_run` and the reply parser's `_frame`).
 # The first 5 bytes of an element -> (header length, body length), for `$<1 to 3 digits>`.
@@ -58,13 +59,45 @@ def _number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
     return value, i + 2
 
 
-class _Chunks:
-    """A frame cut across reads: its chunks are kept until `_need` bytes are in, then joined
-    once (not on every read), so a large value arriving in small reads costs linear time."""
+class _Chunks(Generic[T]):
+    """What both framers share: `feed`, and a frame cut across reads, whose chunks are kept
+    until `_need` bytes are in, then joined once (not on every read), so a large value
+    arriving in small reads costs linear time. A framer implements `_parse` (frame what it
+    can of `buf` into `out`) and `_forget` (drop the frame in progress)."""
 
+    error: str | None
     _chunks: list[bytes]
     _have: int
     _need: int
+    _parts: list[bytes]
+
+    def feed(self, data: bytes) -> list[T]:
+        """Parse `data` (any cut); return what it completes. Nothing raises out of here."""
+        if self.error is not None or not data:
+            return []
+        buf = self._gather(data)
+        if buf is None:
+            return []
+        out: list[T] = []
+        try:
+            self._parse(buf, len(buf), out)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 -- a bug of ours must not kill the event loop
+            self._fail(f"internal error: {exc!r}")
+        return out
+
+    def _parse(self, buf: bytes, n: int, out: list[T]) -> None:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, reason: str) -> None:
+        self.error = reason
+        self._chunks = []
+        self._parts = []
+        self._forget()
 
     def _gather(self, data: bytes) -> bytes | None:
         """The bytes to parse now, or None while the cut frame is still short."""
@@ -120,7 +153,7 @@ def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
     raise ProtocolError(f"bad reply type {bytes([c])!r}")
 
 
-class RedisReplyParser(_Chunks):
+class RedisReplyParser(_Chunks[bytes]):
     """Frames server bytes into replies, the exact bytes of each; see Rule 1."""
 
     __slots__ = ("_chunks", "_have", "_need", "_parts", "_stack", "error")
@@ -133,26 +166,7 @@ class RedisReplyParser(_Chunks):
         self._parts: list[bytes] = []
         self._stack: list[int] | None = None  # elements left per open array, mid-reply
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Parse `data` (any cut); return the replies it completes."""
-        if self.error is not None or not data:
-            return []
-        buf = self._gather(data)
-        if buf is None:
-            return []
-        out: list[bytes] = []
-        try:
-            self._parse(buf, len(buf), out)
-        except ProtocolError as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 -- a bug of ours must not kill the event loop
-            self._fail(f"internal error: {exc!r}")
-        return out
-
-    def _fail(self, reason: str) -> None:
-        self.error = reason
-        self._chunks = []
-        self._parts = []
+    def _forget(self) -> None:
         self._stack = None
 
     def _parse(self, buf: bytes, n: int, out: list[bytes]) -> None:

@@ -274,8 +274,8 @@ def tree_cpu_split(pid: int) -> tuple[int, int]:
             if p == pid:
                 raise
             continue
-        user += st.utime + st.cutime
-        kernel += st.stime + st.cstime
+        user += st.user_ticks
+        kernel += st.kernel_ticks
     return user, kernel
 
 

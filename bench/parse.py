@@ -117,7 +117,15 @@ class ProcStat:
     @property
     def cpu_ticks(self) -> int:
         """Own CPU plus that of reaped children (a worker that exits still counts)."""
-        return self.utime + self.stime + self.cutime + self.cstime
+        return self.user_ticks + self.kernel_ticks
+
+    @property
+    def user_ticks(self) -> int:
+        return self.utime + self.cutime
+
+    @property
+    def kernel_ticks(self) -> int:
+        return self.stime + self.cstime
 
 
 def parse_proc_stat(text: str) -> ProcStat:

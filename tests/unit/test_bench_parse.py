@@ -160,7 +160,7 @@ def test_proc_stat_nutcracker() -> None:
     s = parse_proc_stat(STAT_NUTCRACKER)
     assert (s.pid, s.comm, s.state, s.ppid) == (7730, "nutcracker", "S", 7709)
     assert (s.utime, s.stime, s.cutime, s.cstime) == (57, 266, 0, 0)
-    assert s.cpu_ticks == 323
+    assert (s.user_ticks, s.kernel_ticks, s.cpu_ticks) == (57, 266, 323)
     assert s.rss_pages == 3330
 
 

@@ -42,19 +42,19 @@ from keyshard.config_values import (
     DISTRIBUTIONS,
     HASHES,
     ListenAddr,
+    Reject,
     Resolver,
     ServerConf,
-    _parse_bool,
-    _parse_bytes,
-    _parse_distribution,
-    _parse_hash,
-    _parse_hash_tag,
-    _parse_listen,
-    _parse_num,
-    _parse_server,
-    _Reject,
     nc_atoi,
     nc_key,
+    parse_bool,
+    parse_bytes,
+    parse_distribution,
+    parse_hash,
+    parse_hash_tag,
+    parse_listen,
+    parse_num,
+    parse_server,
     resolve_tcp,
     valid_port,
 )
@@ -121,43 +121,43 @@ class Directive:
 
 
 DIRECTIVES: tuple[Directive, ...] = (
-    Directive("listen", "host:port | /path [perm]", None, _parse_listen,
+    Directive("listen", "host:port | /path [perm]", None, parse_listen,
               "Required. Address of the pool's listener: `host:port` (parsed from the last ':',"
               " so IPv6 is written without brackets) or a unix socket path with an optional"
               " octal permission. Resolved at load time.", None),
-    Directive("hash", "enum", "fnv1a_64", _parse_hash,
+    Directive("hash", "enum", "fnv1a_64", parse_hash,
               "Key hash function: " + ", ".join(HASHES) + ".", "hash"),
-    Directive("hash_tag", "2 bytes", None, _parse_hash_tag,
+    Directive("hash_tag", "2 bytes", None, parse_hash_tag,
               "Two bytes; only the part of the key between them is hashed.", "hash_tag"),
-    Directive("distribution", "enum", "ketama", _parse_distribution,
+    Directive("distribution", "enum", "ketama", parse_distribution,
               "Key distribution: " + ", ".join(DISTRIBUTIONS) + ".", "distribution"),
-    Directive("timeout", "int ms", -1, _parse_num,
+    Directive("timeout", "int ms", -1, parse_num,
               "Per-request server timeout in ms; -1 (the default) or 0 waits forever.", "timeout"),
-    Directive("backlog", "int", 512, _parse_num, "listen(2) backlog of the pool.", "backlog"),
-    Directive("client_connections", "int", 0, _parse_num,
+    Directive("backlog", "int", 512, parse_num, "listen(2) backlog of the pool.", "backlog"),
+    Directive("client_connections", "int", 0, parse_num,
               "Parsed, then ignored by nutcracker 0.5.0: clients are unlimited.",
               "client_connections_configured"),
-    Directive("redis", "bool", False, _parse_bool,
+    Directive("redis", "bool", False, parse_bool,
               "true: Redis protocol; false: memcached ASCII protocol.", "redis"),
-    Directive("tcpkeepalive", "bool", False, _parse_bool,
+    Directive("tcpkeepalive", "bool", False, parse_bool,
               "SO_KEEPALIVE on accepted client connections.", "tcpkeepalive"),
-    Directive("redis_auth", "string", None, _parse_bytes,
+    Directive("redis_auth", "string", None, parse_bytes,
               "Password sent with AUTH on every new server connection; clients must AUTH too."
               " Redis pools only.", "redis_auth", secret=True),
-    Directive("redis_db", "int", 0, _parse_num,
+    Directive("redis_db", "int", 0, parse_num,
               "Database selected on every new server connection when > 0.", "redis_db"),
-    Directive("preconnect", "bool", False, _parse_bool,
+    Directive("preconnect", "bool", False, parse_bool,
               "Open one connection per server at start-up.", "preconnect"),
-    Directive("auto_eject_hosts", "bool", False, _parse_bool,
+    Directive("auto_eject_hosts", "bool", False, parse_bool,
               "Take a failing server out of the distribution for server_retry_timeout.",
               "auto_eject_hosts"),
-    Directive("server_connections", "int", 1, _parse_num,
+    Directive("server_connections", "int", 1, parse_num,
               "Maximum connections per server (not 0).", "server_connections"),
-    Directive("server_retry_timeout", "int ms", 30000, _parse_num,
+    Directive("server_retry_timeout", "int ms", 30000, parse_num,
               "How long an ejected server stays out, in ms.", "server_retry_timeout"),
-    Directive("server_failure_limit", "int", 2, _parse_num,
+    Directive("server_failure_limit", "int", 2, parse_num,
               "Consecutive failures that eject a server.", "server_failure_limit"),
-    Directive("servers", "sequence", None, _parse_server,
+    Directive("servers", "sequence", None, parse_server,
               "Required. `host:port:weight [name]` or `/path/to.sock:weight [name]`; the name"
               " (default `host:port`, `host` for port 11211, `path:`) is the hashing identity.",
               "servers", multi=True),
@@ -220,7 +220,7 @@ def _apply(draft: _Draft, key: str, text: str, where: Where, resolve: Resolver) 
         raise fail(where, phrase, phrase)
     try:
         value = directive.parse(text, resolve)
-    except _Reject as reject:
+    except Reject as reject:
         phrase = f'directive "{key}" {reject.phrase}'
         detail = reject.detail or (None if directive.secret else f"value {quote(text)}")
         raise fail(where, phrase, phrase, detail) from None

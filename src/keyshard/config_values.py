@@ -1,7 +1,7 @@
 """Configuration values: the vocabulary of nutcracker.yml and one parser per kind of value.
 
 `config` owns the directive table and the checks around it; this module owns turning one
-scalar's text into its value, or into `_Reject` with the phrase nutcracker logs after
+scalar's text into its value, or into `Reject` with the phrase nutcracker logs after
 `directive "<name>" ` (see `config`, Rules 3 and 5: text is never YAML-typed, numbers are
 nutcracker's `nc_atoi`, and resolving a listen address is the only I/O).
 """
@@ -43,7 +43,7 @@ _ASCII_DIGITS = re.compile(r"[0-9]+")
 Resolver = Callable[[str, int], "tuple[int, Any]"]
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """A value nutcracker rejects: `phrase` follows `directive "<name>" ` in its message."""
 
     def __init__(self, phrase: str, detail: str | None = None) -> None:
@@ -81,7 +81,7 @@ def resolve_tcp(host: str, port: int) -> tuple[int, Any]:
         )
     except (OSError, UnicodeError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise _Reject(
+        raise Reject(
             "has an invalid value",
             f"address resolution of node '{host}' service '{port}' failed: {reason}",
         ) from None
@@ -90,42 +90,42 @@ def resolve_tcp(host: str, port: int) -> tuple[int, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Value parsers: text -> value, or _Reject with nutcracker's phrase
+# Value parsers: text -> value, or Reject with nutcracker's phrase
 
 
-def _parse_num(text: str, _resolve: Resolver) -> int:
+def parse_num(text: str, _resolve: Resolver) -> int:
     num = nc_atoi(text)
     if num < 0:
-        raise _Reject("is not a number")
+        raise Reject("is not a number")
     return num
 
 
-def _parse_bool(text: str, _resolve: Resolver) -> bool:
+def parse_bool(text: str, _resolve: Resolver) -> bool:
     if text in ("true", "false"):
         return text == "true"
-    raise _Reject('is not "true" or "false"')
+    raise Reject('is not "true" or "false"')
 
 
-def _parse_hash(text: str, _resolve: Resolver) -> str:
+def parse_hash(text: str, _resolve: Resolver) -> str:
     if text not in HASHES:
-        raise _Reject("is not a valid hash")
+        raise Reject("is not a valid hash")
     return text
 
 
-def _parse_distribution(text: str, _resolve: Resolver) -> str:
+def parse_distribution(text: str, _resolve: Resolver) -> str:
     if text not in DISTRIBUTIONS:
-        raise _Reject("is not a valid distribution")
+        raise Reject("is not a valid distribution")
     return text
 
 
-def _parse_hash_tag(text: str, _resolve: Resolver) -> bytes:
+def parse_hash_tag(text: str, _resolve: Resolver) -> bytes:
     tag = text.encode("utf-8", "surrogateescape")
     if len(tag) != 2:
-        raise _Reject("is not a valid hash tag string with two characters")
+        raise Reject("is not a valid hash tag string with two characters")
     return tag
 
 
-def _parse_bytes(text: str, _resolve: Resolver) -> bytes:
+def parse_bytes(text: str, _resolve: Resolver) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
@@ -161,24 +161,24 @@ def _parse_unix_listen(text: str) -> ListenAddr:
         value, out_of_range = _c_strtol_octal(text[space + 1 :])
         perm = value & 0xFFFFFFFF  # mode_t
         if out_of_range or perm > 0o777:
-            raise _Reject(
+            raise Reject(
                 'has an invalid file permission in "socket_path permission" format string'
             )
     if len(path.encode("utf-8", "surrogateescape")) >= UNIX_PATH_MAX:
         too_long = f"unix socket path longer than {UNIX_PATH_MAX - 1} bytes"
-        raise _Reject("has an invalid value", too_long)
+        raise Reject("has an invalid value", too_long)
     return ListenAddr(text, path, 0, True, perm, socket.AF_UNIX, path)
 
 
-def _parse_listen(text: str, resolve: Resolver) -> ListenAddr:
+def parse_listen(text: str, resolve: Resolver) -> ListenAddr:
     if text.startswith("/"):
         return _parse_unix_listen(text)
     colon = text.rfind(":")
     if colon < 0:
-        raise _Reject('has an invalid "hostname:port" format string')
+        raise Reject('has an invalid "hostname:port" format string')
     port = nc_atoi(text[colon + 1 :])
     if port < 0 or not valid_port(port):
-        raise _Reject('has an invalid port in "hostname:port" format string')
+        raise Reject('has an invalid port in "hostname:port" format string')
     host = text[:colon]
     family, sockaddr = resolve(host, port)
     return ListenAddr(text, host, port, False, 0, family, sockaddr)
@@ -196,30 +196,30 @@ def _split_server(text: str) -> tuple[str, str | None, str, str | None, str]:
     pname = rest if name else text
     colon = rest.rfind(":")
     if colon < 0:
-        raise _Reject("has an invalid " + _SERVER_FORMAT)
+        raise Reject("has an invalid " + _SERVER_FORMAT)
     rest, weight = rest[:colon], rest[colon + 1 :]
     colon = rest.rfind(":")
     if text.startswith("/"):
         if colon >= 0:
-            raise _Reject("has an invalid " + _SERVER_FORMAT)
+            raise Reject("has an invalid " + _SERVER_FORMAT)
         return pname, name, weight, None, rest
     if colon < 0 or "\0" in rest[:colon]:
-        raise _Reject("has an invalid " + _SERVER_FORMAT)
+        raise Reject("has an invalid " + _SERVER_FORMAT)
     return pname, name, weight, rest[colon + 1 :], rest[:colon]
 
 
-def _parse_server(text: str, _resolve: Resolver) -> ServerConf:
+def parse_server(text: str, _resolve: Resolver) -> ServerConf:
     pname, name, weight_text, port_text, addr = _split_server(text)
     weight = nc_atoi(weight_text)
     if weight < 0:
-        raise _Reject('has an invalid weight in "hostname:port:weight [name]" format string')
+        raise Reject('has an invalid weight in "hostname:port:weight [name]" format string')
     if weight == 0:
-        raise _Reject('has a zero weight in "hostname:port:weight [name]" format string')
+        raise Reject('has a zero weight in "hostname:port:weight [name]" format string')
     port = 0
     if port_text is not None:
         port = nc_atoi(port_text)
         if port < 0 or not valid_port(port):
-            raise _Reject('has an invalid port in "hostname:port:weight [name]" format string')
+            raise Reject('has an invalid port in "hostname:port:weight [name]" format string')
     if name is None:  # hosts are resolved lazily, on every new server connection
         name = addr if port == KETAMA_PORT else f"{addr}:{port_text or ''}"
     return ServerConf(pname, name, addr, port, weight, port_text is None)

@@ -66,12 +66,12 @@ from .redis_merge import (
     split,
 )
 from .redis_resp import (  # noqa: F401 -- MAX_HEADER_DIGITS: re-exported
-    _ELEMENT_HEADS,
-    _MASK32,
+    ELEMENT_HEADS,
+    MASK32,
     MAX_HEADER_DIGITS,
     RedisReplyParser,
-    _Chunks,
-    _number,
+    RespFramer,
+    read_number,
 )
 
 __all__ = [
@@ -86,11 +86,11 @@ DEFAULT_MAX_KEY_LEN: Final = 16384 - 48  # nutcracker: mbuf_data_size() with the
 
 def _numkeys(digits: bytes) -> None:
     """EVAL/EVALSHA numkeys: digits only, not 0 once wrapped to 32 bits."""
-    if not digits.isdigit() or int(digits) & _MASK32 == 0:
+    if not digits.isdigit() or int(digits) & MASK32 == 0:
         raise ProtocolError("bad numkeys")
 
 
-class RedisRequestParser(_Chunks[Request]):
+class RedisRequestParser(RespFramer[Request]):
     """Frames client bytes into `Request`s; see the module docstring, Rules 1-6."""
 
     __slots__ = ("_chunks", "_have", "_maxk", "_need", "_parts", "_st", "error")
@@ -127,7 +127,7 @@ class RedisRequestParser(_Chunks[Request]):
         """Parse requests from `p` to the end of `buf`; return -1 once one is cut.
 
         Hot path: the request head and the element headers are looked up in tables by their
-        exact bytes (`FAST_HEADS`, `_ELEMENT_HEADS`; a lookup costs less than the byte-by-byte
+        exact bytes (`FAST_HEADS`, `ELEMENT_HEADS`; a lookup costs less than the byte-by-byte
         checks it replaces). Elements of `max_key_len` bytes or more, long headers, mixed-case
         names, cuts, errors and EVAL go to `_head` / `_elements`, the general path.
         """
@@ -150,7 +150,7 @@ class RedisRequestParser(_Chunks[Request]):
             key = PLACEHOLDER
             idx = 1
             while idx < narg:
-                sized = _ELEMENT_HEADS.get(buf[p:p + 5]) if fast else None
+                sized = ELEMENT_HEADS.get(buf[p:p + 5]) if fast else None
                 if sized is not None and sized[1] < maxk:  # no key-length check needed
                     q = p + sized[0]
                     e = q + sized[1]
@@ -176,7 +176,7 @@ class RedisRequestParser(_Chunks[Request]):
         plan), or None when cut (the request is kept whole for the next feed)."""
         if buf[start] != 42:  # '*'
             raise ProtocolError("not an array (inline command?)")
-        narg, p = _number(buf, start, n, False)
+        narg, p = read_number(buf, start, n, False)
         if p >= 0 and narg == 0:
             raise ProtocolError("bad narg")
         if p < 0 or p >= n:
@@ -184,7 +184,7 @@ class RedisRequestParser(_Chunks[Request]):
             return None
         if buf[p] != 36:  # '$'
             raise ProtocolError("not a bulk string")
-        size, q = _number(buf, p, n, False)
+        size, q = read_number(buf, p, n, False)
         if q >= 0 and (size == 0 or size > MAX_NAME_LEN):
             raise ProtocolError("unsupported command (name length)")
         e = q + size
@@ -224,7 +224,7 @@ class RedisRequestParser(_Chunks[Request]):
             if buf[p] != 36:
                 raise ProtocolError("not a bulk string")
             iskey = idx == keyidx or self._key_element(spec, idx)
-            size, q = _number(buf, p, n, iskey)
+            size, q = read_number(buf, p, n, iskey)
             if q < 0:
                 return self._save(buf, start, h, n, n - h + 1, spec, narg, idx, key, args, parts)
             if iskey and size >= self._maxk:

@@ -1,14 +1,14 @@
 """RESP framing shared by the Redis request and reply parsers, and the reply framer (sans-IO).
 
 `redis` owns the request framer and puts the codec together; this module owns what both
-framers share (`_number`, `_Chunks`) and the reply framer, `RedisReplyParser`.
+framers share (`read_number`, `RespFramer`) and the reply framer, `RedisReplyParser`.
 
 Rule 1: RESP2 only: `+`/`-` lines (a CR must be followed by LF), `:` with digits and `-`
         anywhere (nutcracker accepts `:1-2`), `$<len>` bulks, `*<n>` arrays nested to any
         depth. `$-<digits>` and `*-<digits>` are nulls. Lengths wrap modulo 2**32 like
         requests. Anything else (RESP3 types included) is an error. Each reply is returned as
         its exact bytes.
-Rule 2: a reply cut at any byte waits for the bytes it needs, which `_Chunks` gathers without
+Rule 2: a reply cut at any byte waits for the bytes it needs, which `RespFramer` gathers without
         joining on every read (linear time for a large reply arriving in small reads).
 """
 
@@ -19,21 +19,21 @@ from typing import Final, Generic, TypeVar
 from .base import ProtocolError
 
 MAX_HEADER_DIGITS: Final = 32
-_MASK32: Final = 0xFFFFFFFF
+MASK32: Final = 0xFFFFFFFF
 _NIL: Final = b"$-1\r\n"
 T = TypeVar("T")
 
 # Hot-path tables (the request parser's `_run` and the reply parser's `_frame`).
 # The first 5 bytes of an element -> (header length, body length), for `$<1 to 3 digits>`.
 # With 3 digits the header's CRLF is not among the 5 bytes and is checked apart (h == 6).
-_ELEMENT_HEADS: Final = {
+ELEMENT_HEADS: Final = {
     **{b"$%d\r\n%c" % (size, c): (4, size) for size in range(10) for c in range(256)},
     **{b"$%d\r\n" % size: (5, size) for size in range(10, 100)},
     **{b"$%d\r" % size: (6, size) for size in range(100, 1000)},
 }
 
 
-def _number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
+def read_number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
     """Decode the `*`/`$` header at `p`: (value, position after CRLF), or (0, -1) if cut."""
     i = buf.find(b"\r", p + 1, p + 2 + MAX_HEADER_DIGITS)
     if i < 0:
@@ -47,7 +47,7 @@ def _number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
     if digits:
         if not digits.isdigit():
             raise ProtocolError("bad length")
-        value = int(digits) & _MASK32
+        value = int(digits) & MASK32
     elif allow_empty:
         value = 0
     else:
@@ -59,7 +59,7 @@ def _number(buf: bytes, p: int, n: int, allow_empty: bool) -> tuple[int, int]:
     return value, i + 2
 
 
-class _Chunks(Generic[T]):
+class RespFramer(Generic[T]):
     """What both framers share: `feed`, and a frame cut across reads, whose chunks are kept
     until `_need` bytes are in, then joined once (not on every read), so a large value
     arriving in small reads costs linear time. A framer implements `_parse` (frame what it
@@ -126,9 +126,9 @@ def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
     c = buf[p]
     if c == 36 or c == 42:  # '$' / '*'
         if p + 1 < n and buf[p + 1] == 45:  # '-': null bulk / null array
-            _, q = _number(buf, p + 1, n, False)
+            _, q = read_number(buf, p + 1, n, False)
             return (q, 0) if q >= 0 else (-1, n - p + 1)
-        size, q = _number(buf, p, n, False)
+        size, q = read_number(buf, p, n, False)
         if q < 0:
             return -1, n - p + 1
         if c == 42:
@@ -153,7 +153,7 @@ def _item(buf: bytes, p: int, n: int) -> tuple[int, int]:
     raise ProtocolError(f"bad reply type {bytes([c])!r}")
 
 
-class RedisReplyParser(_Chunks[bytes]):
+class RedisReplyParser(RespFramer[bytes]):
     """Frames server bytes into replies, the exact bytes of each; see Rule 1."""
 
     __slots__ = ("_chunks", "_have", "_need", "_parts", "_stack", "error")
@@ -180,7 +180,7 @@ class RedisReplyParser(_Chunks[bytes]):
             # Hot paths: a bulk with a 1- to 3-digit length, a nil, a line.
             c = buf[p]
             if c == 36:
-                sized = _ELEMENT_HEADS.get(buf[p:p + 5])
+                sized = ELEMENT_HEADS.get(buf[p:p + 5])
                 if sized is not None:
                     h = sized[0]
                     e = p + h + sized[1] + 2
@@ -205,7 +205,7 @@ class RedisReplyParser(_Chunks[bytes]):
                parts: list[bytes] | None, out: list[bytes]) -> int:
         """Parse one whole reply (resuming inside `stack`); return its end, or -1 if cut."""
         while True:
-            sized = _ELEMENT_HEADS.get(buf[p:p + 5])  # hot path: short bulk elements
+            sized = ELEMENT_HEADS.get(buf[p:p + 5])  # hot path: short bulk elements
             end = -1
             if sized is not None:
                 h, size = sized

@@ -123,6 +123,7 @@ cdef inline bint _isdigit(unsigned char c) noexcept nogil:
 
 
 include "_speedups_redis.pxi"
+include "_speedups_resp.pxi"
 include "_speedups_memcache.pxi"
 include "_speedups_merge.pxi"
 include "_speedups_hash.pxi"

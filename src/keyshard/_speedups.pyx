@@ -9,7 +9,8 @@ their end, unless `KEYSHARD_NO_EXTENSIONS=1` (see `keyshard.speedups_enabled`).
 
     twin                                 reference
     Request                              keyshard.protocol.base.Request (fields: _speedups.pxd)
-    RedisRequestParser, RedisReplyParser keyshard.protocol.redis        (_speedups_redis.pxi)
+    RedisRequestParser                   keyshard.protocol.redis        (_speedups_redis.pxi)
+    RedisReplyParser                     keyshard.protocol.redis_resp   (_speedups_resp.pxi)
     split, merge                         keyshard.protocol.redis_merge  (_speedups_merge.pxi)
     memcache_framers                     keyshard.protocol.memcache     (_speedups_memcache.pxi)
       (subclasses of its framers with a compiled `_parse`)

@@ -18,6 +18,8 @@ cdef class _Router:
     cdef uint32_t* values  # ketama: sorted point values
     cdef int* owners  # ketama: owner of each point, plus a copy of the first (the wrap)
     cdef Py_ssize_t npoints
+    cdef uint32_t* buckets  # ketama: per bucket of hashes, the first point at or above it
+    cdef int shift  # ketama: a hash's bucket is hash >> shift
     cdef int* slots  # modula
     cdef Py_ssize_t nslots
     cdef bint ketama

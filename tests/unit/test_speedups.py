@@ -509,6 +509,25 @@ def test_router_with_a_python_hash_and_an_empty_continuum() -> None:
     assert _speedups.ketama_router(empty, hashing.fnv1a_64, None)(b"k") == -1
 
 
+@needs_ext
+@pytest.mark.parametrize("n", [1, 2, 3, 40])
+def test_ketama_buckets_agree_at_every_point_edge(n: int) -> None:
+    """The compiled router looks in a bucket of the hash space, not the whole continuum: a
+    hash equal to each point, one either side, and the ends of the space route as a bisect."""
+    def as_hash(key: bytes) -> int:
+        return int.from_bytes(key, "big")
+
+    cont = build_continuum("ketama", _servers(n, [1]), [True] * n)
+    compiled = _speedups.ketama_router(cont, as_hash, None)
+    pure = pool._py_ketama_router(cont, as_hash, None)
+    hashes = {0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 1 << 31}
+    for v in cont.values:
+        hashes.update(h for h in (v - 1, v, v + 1) if 0 <= h <= 0xFFFFFFFF)
+    keys = [h.to_bytes(4, "big") for h in sorted(hashes)]
+    assert [compiled(k) for k in keys] == [pure(k) for k in keys]
+    assert len({compiled(k) for k in keys}) == n  # every server owns some of these edges
+
+
 # --- 4. the net layer's twins (keyshard._netfast) ------------------------------------------
 
 try:

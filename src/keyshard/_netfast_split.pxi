@@ -23,13 +23,13 @@ cdef inline bint _closed(object client) except -1:
 
 
 cdef inline int _owner_init(SplitOwner self, object runtime, object parent,
-                            Py_ssize_t nfrags) except -1:
+                            Py_ssize_t nfrags, list order) except -1:
     self.runtime = runtime
     self.parent = parent
     self.replies = [None] * nfrags
     self.pending = nfrags
     self.errors = None
-    self.order = []
+    self.order = order
     self.splitting = True
     return 0
 
@@ -48,7 +48,7 @@ cdef class SplitOwner:
     def __init__(self, runtime, parent, Py_ssize_t nfrags):
         if _SWALLOW is None:
             _split_imports()
-        _owner_init(self, runtime, parent, nfrags)
+        _owner_init(self, runtime, parent, nfrags, [])
 
     cpdef req_done(self, frag):
         client = _get(self.parent, O_OWNER, "owner")
@@ -103,28 +103,37 @@ def split(RuntimeFields self, req, now):
     _split(self, req, now)
 
 
-cdef int _split(RuntimeFields self, object req, object now) except -1:
-    if _SWALLOW is None:
-        _split_imports()
-    pool = self.pool
-    codec = self.codec
-    frags, ctx = codec.split(req, pool._group)  # pool.grouper(), inlined
-    cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
-    preq.ctx = ctx
-    args = preq.args
-    cmd = preq.cmd
-    cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
-    cdef list frag_list = frags
-    cdef Py_ssize_t nfrags = len(frag_list)
+cdef list _first_keys(Request req, object ctx):
+    """The first key of each fragment: ctx numbers the fragments of the keys in order of
+    first appearance, which is the order of the fragments."""
+    cdef Py_ssize_t step = 2 if req.cmd == b"mset" else 1
+    cdef Py_ssize_t pos = 0, nfirsts = 0
     cdef list firsts = []
-    cdef Py_ssize_t pos = 0, nfirsts = 0, i, j
+    args = req.args
     for frag_no in ctx:
         if frag_no == nfirsts:
             PyList_Append(firsts, args[pos * step])
             nfirsts += 1
         pos += 1
+    return firsts
+
+
+cdef int _split(RuntimeFields self, object req, object now) except -1:
+    if _SWALLOW is None:
+        _split_imports()
+    pool = self.pool
+    codec = self.codec
+    group = pool._group  # pool.grouper(), inlined
+    frags, ctx = codec.split(req, group)
+    cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
+    preq.ctx = ctx
+    cmd = preq.cmd
+    cdef list frag_list = frags
+    cdef Py_ssize_t nfrags = len(frag_list)
+    cdef list firsts = None
+    cdef Py_ssize_t i, j, idx
     cdef SplitOwner owner = SplitOwner.__new__(SplitOwner)
-    _owner_init(owner, self, req, nfrags)
+    _owner_init(owner, self, req, nfrags, None)
     if not self.quirks:  # nutcracker never counts fragments
         pstats = self.stats
         if isinstance(pstats, PoolCounters):
@@ -132,20 +141,19 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         else:
             pstats.fragments += nfrags
     # fragment positions in server order (a stable insertion sort: a handful of servers)
-    cdef list order = list(range(nfrags))
-    cdef list servers = [f[0] for f in frag_list]
-    for i in range(1, nfrags):
-        p = order[i]
-        s = servers[<Py_ssize_t>p]
+    cdef list order = [None] * nfrags
+    cdef Py_ssize_t server
+    for i in range(nfrags):
+        server = (<tuple>frag_list[i])[0]
         j = i - 1
-        while j >= 0 and servers[<Py_ssize_t>order[j]] > s:
+        while j >= 0 and <Py_ssize_t>(<tuple>frag_list[<Py_ssize_t>order[j]])[0] > server:
             order[j + 1] = order[j]
             j -= 1
-        order[j + 1] = p
+        order[j + 1] = i
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
     route = _pool_router(pool, now)
-    cdef _Router router = _router_of(route)
+    cdef _Router router = None  # _router_of(route), once a fragment is routed by its first key
     cdef list slots = self.slots
     cdef ServerFields conn
     cdef SlotFields slot
@@ -155,11 +163,18 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         frag = _new_request(raw, KIND_FORWARD, cmd, b"", None, False)
         frag.owner = owner
         frag.ctx = p
-        idx = _route(router, route, firsts[<Py_ssize_t>p])
+        if route is group:  # the router that grouped the keys: the fragment's server
+            idx = (<tuple>frag_list[<Py_ssize_t>p])[0]
+        else:
+            if firsts is None:
+                firsts = _first_keys(preq, ctx)
+                router = _router_of(route)
+            idx = _route(router, route, firsts[<Py_ssize_t>p])
         if idx < 0:
             owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
             route = pool.router(now)
             router = _router_of(route)
+            firsts = firsts if firsts is not None else _first_keys(preq, ctx)
             continue
         slot = slots[idx]
         conn_obj = slot.ready or slot.conn()
@@ -167,6 +182,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
             owner.req_failed(frag, codec.error_reply(slot.error))
             route = pool.router(now)  # opening failed: a server may be ejected
             router = _router_of(route)
+            firsts = firsts if firsts is not None else _first_keys(preq, ctx)
             continue
         _count_requests(slot.stats, 1, len(raw))
         conn = conn_obj

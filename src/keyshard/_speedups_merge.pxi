@@ -62,18 +62,24 @@ def split(req, route):
     Two passes over the keys: the first routes each key once and sizes the fragments, the
     second writes each fragment into its one allocation (no list per fragment, no dict)."""
     global _heads
-    cdef object args = req.args
-    cdef object cmd = req.cmd
+    cdef object args, cmd
+    if type(req) is Request:
+        args = (<Request>req).args
+        cmd = (<Request>req).cmd
+    else:
+        args = req.args
+        cmd = req.cmd
     if _heads is None:
         _heads = _redis_merge()._HEADS
-    if args is None or cmd not in _heads:
+    head_obj = _heads.get(cmd)
+    if args is None or head_obj is None:
         raise AssertionError(req)
     cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
     cdef list items = args if type(args) is list else list(args)
     cdef Py_ssize_t nargs = len(items), nkeys = (nargs + step - 1) // step
     cdef Py_ssize_t nfrags = 0, k, f, j, n, server, size
     cdef _Router router = _router_of(route)
-    cdef bytes item, head = <bytes?>_heads[cmd], out
+    cdef bytes item, head = <bytes?>head_obj, out
     cdef list frags = [], order
     cdef char* w
     # per key: its fragment; per fragment: its server, its element count and size, its writer
@@ -127,7 +133,9 @@ def split(req, route):
                 w = _put(w, PyBytes_AS_STRING(item), n)
                 w = _put(w, "\r\n", 2)
             fw[f] = w
-        order = [frag_of[k] for k in range(nkeys)]
+        order = [None] * nkeys
+        for k in range(nkeys):
+            order[k] = frag_of[k]
     finally:
         free(mem)
         free(fw)
@@ -185,8 +193,8 @@ cdef int _bulk_spans(bytes reply, Py_ssize_t count, Py_ssize_t* starts,
 
 cdef bytes _merge_mget(object ctx, object replies):
     """redis_merge._merge_mget from spans: `*<number of keys>` then each key's bulk."""
-    cdef list order = list(ctx)
-    cdef list reps = list(replies)
+    cdef list order = ctx if type(ctx) is list else list(ctx)
+    cdef list reps = replies if type(replies) is list else list(replies)
     cdef Py_ssize_t nrep = len(reps), nkeys = len(order), f, k, size, base
     cdef Py_ssize_t* counts
     cdef Py_ssize_t* first

@@ -8,7 +8,8 @@ the redis-benchmark key space, so GETs hit.
 
 Workloads (`--only` takes these names or globs):
   get_p1 set_p1 get_p16 set_p16   redis-benchmark -t get|set -P 1|16 -c 50 -r 100000
-  mget10                          redis-benchmark MGET with 10 random keys (split over servers)
+  mget10 mget10_p16               redis-benchmark MGET with 10 random keys (split over servers),
+                                  -P 1 and -P 16
   idle1000                        1000 idle client connections held open by a separate process
                                   (bench/idle.py) plus GET -P 1 load; a fresh proxy per run, RSS
                                   before, with the idle connections, after the load

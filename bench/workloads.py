@@ -51,6 +51,9 @@ WORKLOADS: list[Workload] = [
     Workload("get_p16", "GET P16", "redis", ("-t", "get", "-P", "16"), 300_000),
     Workload("set_p16", "SET P16", "redis", ("-t", "set", "-P", "16"), 300_000),
     Workload("mget10", "MGET 10 keys", "redis", ("MGET", *[KEY] * 10), 20_000),
+    # the same at depth 16: the proxy's split and merge, not the loopback, sets the pace
+    Workload("mget10_p16", "MGET 10 keys P16", "redis", ("-P", "16", "MGET", *[KEY] * 10),
+             100_000),
     Workload("idle1000", "GET P1 + 1000 idle", "idle", ("-t", "get", "-P", "1"), 40_000),
     # 4 KB values on a 10,000-key space: 40 MB per redis-server instead of 400 MB.
     Workload("set4k", "SET 4KB", "redis", ("-t", "set", "-d", "4096", "-P", "1"), 30_000,

@@ -118,6 +118,20 @@ cdef list _first_keys(Request req, object ctx):
     return firsts
 
 
+cdef list _server_order(list frag_list):
+    """Fragment positions in server order: a stable insertion sort (a handful of servers)."""
+    cdef Py_ssize_t n = len(frag_list), i, j, server
+    cdef list order = [None] * n
+    for i in range(n):
+        server = (<tuple>frag_list[i])[0]
+        j = i - 1
+        while j >= 0 and <Py_ssize_t>(<tuple>frag_list[<Py_ssize_t>order[j]])[0] > server:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = i
+    return order
+
+
 cdef int _split(RuntimeFields self, object req, object now) except -1:
     if _SWALLOW is None:
         _split_imports()
@@ -131,7 +145,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
     cdef list frag_list = frags
     cdef Py_ssize_t nfrags = len(frag_list)
     cdef list firsts = None
-    cdef Py_ssize_t i, j, idx
+    cdef Py_ssize_t idx
     cdef SplitOwner owner = SplitOwner.__new__(SplitOwner)
     _owner_init(owner, self, req, nfrags, None)
     if not self.quirks:  # nutcracker never counts fragments
@@ -140,16 +154,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
             (<PoolCounters>pstats).fragments += nfrags
         else:
             pstats.fragments += nfrags
-    # fragment positions in server order (a stable insertion sort: a handful of servers)
-    cdef list order = [None] * nfrags
-    cdef Py_ssize_t server
-    for i in range(nfrags):
-        server = (<tuple>frag_list[i])[0]
-        j = i - 1
-        while j >= 0 and <Py_ssize_t>(<tuple>frag_list[<Py_ssize_t>order[j]])[0] > server:
-            order[j + 1] = order[j]
-            j -= 1
-        order[j + 1] = i
+    cdef list order = _server_order(frag_list)
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
     route = _pool_router(pool, now)

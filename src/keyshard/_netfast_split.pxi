@@ -158,7 +158,6 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
     route = _pool_router(pool, now)
-    cdef _Router router = None  # _router_of(route), once a fragment is routed by its first key
     cdef list slots = self.slots
     cdef ServerFields conn
     cdef SlotFields slot
@@ -170,24 +169,19 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
         frag.ctx = p
         if route is group:  # the router that grouped the keys: the fragment's server
             idx = (<tuple>frag_list[<Py_ssize_t>p])[0]
-        else:
+        else:  # rebuilt since (or no server live): the fragment goes where its first key does
             if firsts is None:
                 firsts = _first_keys(preq, ctx)
-                router = _router_of(route)
-            idx = _route(router, route, firsts[<Py_ssize_t>p])
+            idx = _route(_router_of(route), route, firsts[<Py_ssize_t>p])
         if idx < 0:
             owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
             route = pool.router(now)
-            router = _router_of(route)
-            firsts = firsts if firsts is not None else _first_keys(preq, ctx)
             continue
         slot = slots[idx]
         conn_obj = slot.ready or slot.conn()
         if conn_obj is None:
             owner.req_failed(frag, codec.error_reply(slot.error))
             route = pool.router(now)  # opening failed: a server may be ejected
-            router = _router_of(route)
-            firsts = firsts if firsts is not None else _first_keys(preq, ctx)
             continue
         _count_requests(slot.stats, 1, len(raw))
         conn = conn_obj

@@ -57,6 +57,68 @@ cdef object _u32_of(bytes buf, Py_ssize_t a, Py_ssize_t b):
 cdef dict _heads = None  # redis_merge._HEADS, once loaded
 
 
+cdef Py_ssize_t _group_keys(list items, Py_ssize_t step, Py_ssize_t nkeys, object route,
+                            Py_ssize_t* frag_of, Py_ssize_t* fserver, Py_ssize_t* fcount,
+                            Py_ssize_t* fsize) except -1:
+    """split's first pass: route each key once; per key its fragment, per fragment its server,
+    element count and size. Returns the number of fragments."""
+    cdef _Router router = _router_of(route)
+    cdef Py_ssize_t nfrags = 0, k, f, j, n, server
+    cdef bytes item
+    for k in range(nkeys):
+        key = items[k * step]
+        server = router.route(key) if router is not None else route(key)
+        for f in range(nfrags):  # a handful of servers: a scan is cheaper than a dict
+            if fserver[f] == server:
+                break
+        else:
+            f = nfrags
+            nfrags += 1
+            fserver[f] = server
+            fcount[f] = 0
+            fsize[f] = 0
+        frag_of[k] = f
+        for j in range(k * step, k * step + step):
+            item = <bytes?>items[j]  # TypeError for a non-bytes argument, as `%s` would
+            n = PyBytes_GET_SIZE(item)
+            fcount[f] += 1
+            fsize[f] += 5 + _ndigits(n) + n
+    return nfrags
+
+
+cdef list _write_fragments(list items, Py_ssize_t step, Py_ssize_t nkeys, bytes head,
+                           Py_ssize_t nfrags, Py_ssize_t* frag_of, Py_ssize_t* fserver,
+                           Py_ssize_t* fcount, Py_ssize_t* fsize, char** fw):
+    """split's second pass: one allocation per fragment, its head, then each key's elements
+    in the order of the keys. Returns [(server index, fragment bytes)]."""
+    cdef list frags = []
+    cdef Py_ssize_t f, k, j, n, size
+    cdef bytes item, out
+    cdef char* w
+    for f in range(nfrags):
+        size = 3 + _ndigits(fcount[f] + 1) + PyBytes_GET_SIZE(head) + fsize[f]
+        out = PyBytes_FromStringAndSize(NULL, size)
+        w = PyBytes_AS_STRING(out)
+        w[0] = 42  # '*'
+        w = _put_int(w + 1, fcount[f] + 1)
+        w = _put(w, "\r\n", 2)
+        PyList_Append(frags, (fserver[f], out))
+        fw[f] = _put(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+    for k in range(nkeys):
+        f = frag_of[k]
+        w = fw[f]
+        for j in range(k * step, k * step + step):
+            item = <bytes>items[j]
+            n = PyBytes_GET_SIZE(item)
+            w[0] = 36  # '$'
+            w = _put_int(w + 1, n)
+            w = _put(w, "\r\n", 2)
+            w = _put(w, PyBytes_AS_STRING(item), n)
+            w = _put(w, "\r\n", 2)
+        fw[f] = w
+    return frags
+
+
 def split(req, route):
     """Twin of redis_merge.split: [(server index, fragment bytes)] and the merge context.
     Two passes over the keys: the first routes each key once and sizes the fragments, the
@@ -76,12 +138,9 @@ def split(req, route):
         raise AssertionError(req)
     cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
     cdef list items = args if type(args) is list else list(args)
-    cdef Py_ssize_t nargs = len(items), nkeys = (nargs + step - 1) // step
-    cdef Py_ssize_t nfrags = 0, k, f, j, n, server, size
-    cdef _Router router = _router_of(route)
-    cdef bytes item, head = <bytes?>head_obj, out
-    cdef list frags = [], order
-    cdef char* w
+    cdef Py_ssize_t nkeys = (len(items) + step - 1) // step, nfrags, k
+    cdef bytes head = <bytes?>head_obj
+    cdef list frags, order
     # per key: its fragment; per fragment: its server, its element count and size, its writer
     cdef Py_ssize_t* mem = <Py_ssize_t*>malloc((4 * nkeys + 1) * sizeof(Py_ssize_t))
     cdef char** fw = <char**>malloc((nkeys + 1) * sizeof(char*))
@@ -94,45 +153,9 @@ def split(req, route):
     cdef Py_ssize_t* fcount = fserver + nkeys
     cdef Py_ssize_t* fsize = fcount + nkeys
     try:
-        for k in range(nkeys):
-            key = items[k * step]
-            server = router.route(key) if router is not None else route(key)
-            for f in range(nfrags):  # a handful of servers: a scan is cheaper than a dict
-                if fserver[f] == server:
-                    break
-            else:
-                f = nfrags
-                nfrags += 1
-                fserver[f] = server
-                fcount[f] = 0
-                fsize[f] = 0
-            frag_of[k] = f
-            for j in range(k * step, k * step + step):
-                item = <bytes?>items[j]  # TypeError for a non-bytes argument, as `%s` would
-                n = PyBytes_GET_SIZE(item)
-                fcount[f] += 1
-                fsize[f] += 5 + _ndigits(n) + n
-        for f in range(nfrags):
-            size = 3 + _ndigits(fcount[f] + 1) + PyBytes_GET_SIZE(head) + fsize[f]
-            out = PyBytes_FromStringAndSize(NULL, size)
-            w = PyBytes_AS_STRING(out)
-            w[0] = 42  # '*'
-            w = _put_int(w + 1, fcount[f] + 1)
-            w = _put(w, "\r\n", 2)
-            PyList_Append(frags, (fserver[f], out))
-            fw[f] = _put(w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-        for k in range(nkeys):
-            f = frag_of[k]
-            w = fw[f]
-            for j in range(k * step, k * step + step):
-                item = <bytes>items[j]
-                n = PyBytes_GET_SIZE(item)
-                w[0] = 36  # '$'
-                w = _put_int(w + 1, n)
-                w = _put(w, "\r\n", 2)
-                w = _put(w, PyBytes_AS_STRING(item), n)
-                w = _put(w, "\r\n", 2)
-            fw[f] = w
+        nfrags = _group_keys(items, step, nkeys, route, frag_of, fserver, fcount, fsize)
+        frags = _write_fragments(items, step, nkeys, head, nfrags, frag_of, fserver, fcount,
+                                 fsize, fw)
         order = [None] * nkeys
         for k in range(nkeys):
             order[k] = frag_of[k]

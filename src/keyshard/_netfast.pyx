@@ -169,17 +169,10 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
     cdef list queue = client.queue
     cdef _Router router = None
     now = self.loop.time()
-    pool = self.pool
     route = None
-    cdef list slots = self.slots
-    cdef Py_ssize_t nslots = len(slots)
     cdef bint authenticated = client.authenticated
-    cdef Py_ssize_t idx
-    cdef list dests = [None] * nslots  # idx -> _Dest, while no Python code ran in between
-    cdef bint used = False
-    cdef _Dest d
-    cdef ServerFields conn
-    cdef SlotFields slot
+    cdef list dests = [None] * len(self.slots)  # idx -> _Dest, while no Python code ran since
+    cdef int used = 0  # F_USED: dests holds a connection (settled before any call out)
     try:
         for req in reqs:
             kind = _get(req, O_KIND, "kind")
@@ -189,78 +182,24 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                 if not noreply:
                     PyList_Append(queue, req)
                 if route is None:
-                    route = _pool_router(pool, now)
+                    route = _pool_router(self.pool, now)
                     router = _router_of(route)
-                idx = _route(router, route, _get(req, O_KEY, "key"))
-                if idx < 0:
-                    if used:
-                        _settle(dests)
-                        used = False
-                    self.forward_failed(req, ECONNREFUSED)
-                    continue
-                obj = dests[idx] if idx < nslots else None
-                if obj is not None:
-                    d = <_Dest>obj
-                    raw = _get(req, O_RAW, "raw")
-                    d.nreq += 1
-                    d.nbytes += len(raw)
-                    _set(req, O_SERVER, d.conn, "server")
-                    if not noreply:
-                        d.outq_append(req)
-                    PyList_Append(d.wbuf, raw)
-                    continue
-                slot = slots[idx]
-                conn_obj = slot.ready
-                if conn_obj is None:
-                    if used:
-                        _settle(dests)
-                        used = False
-                    conn_obj = slot.conn()
+                used = _forward(self, req, noreply, _route(router, route, _get(req, O_KEY, "key")),
+                                dests, used)
+                if used & F_REROUTE:
                     route = None  # opening may have failed and ejected a server
-                    if conn_obj is None:
-                        self.forward_failed(req, slot.error)
-                        continue
-                conn = conn_obj
-                raw = _get(req, O_RAW, "raw")
-                if conn.timeout > 0.0:  # conn.send(req) itself: it arms the timer
-                    if used:
-                        _settle(dests)
-                        used = False
-                    _count_requests(slot.stats, 1, len(raw))
-                    conn_obj.send(req)
-                    continue
-                # conn.send(req), inlined for a connection without a timeout
-                d = _Dest.__new__(_Dest)
-                d.stats = slot.stats
-                d.conn = conn
-                d.nreq = 1
-                d.nbytes = len(raw)
-                _set(req, O_SERVER, conn, "server")
-                outq_append = conn.outq.append
-                if not noreply:
-                    outq_append(req)
-                wbuf = conn.wbuf
-                PyList_Append(wbuf, raw)
-                if not conn.dirty:
-                    _mark(conn)
-                d.outq_append = outq_append
-                d.wbuf = wbuf
-                dests[idx] = d
-                used = True
-            elif authenticated and _is(kind, KIND_SPLIT):
-                if used:
-                    _settle(dests)
-                    used = False
-                _set(req, O_OWNER, client, "owner")
+                used &= F_USED
+                continue
+            if used:
+                _settle(dests)
+                used = 0
+            _set(req, O_OWNER, client, "owner")
+            if authenticated and _is(kind, KIND_SPLIT):
                 PyList_Append(queue, req)
                 _split(self, req, now)
                 route = None  # a fragment may have failed and ejected a server
                 authenticated = client.authenticated
             else:
-                if used:
-                    _settle(dests)
-                    used = False
-                _set(req, O_OWNER, client, "owner")
                 client.local(req)
                 authenticated = client.authenticated
                 if client.closing:
@@ -274,55 +213,99 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
             _client_req_done(client, head)
     return 0
 
+
+cdef enum:
+    F_USED = 1  # `_forward` left a connection in dests (nothing settled since)
+    F_REROUTE = 2  # it opened a connection: the router must be fetched again
+
+
+cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssize_t idx,
+                         list dests, int used) except -1:
+    """One forwarded request routed to server `idx`: onto the connection this read already
+    uses for it, else `_forward_first`. Returns F_USED and F_REROUTE bits."""
+    cdef _Dest d
+    if idx < 0:
+        if used:
+            _settle(dests)
+        self.forward_failed(req, ECONNREFUSED)
+        return 0
+    obj = dests[idx] if idx < len(dests) else None
+    if obj is None:
+        return _forward_first(self, req, noreply, idx, dests, used)
+    d = <_Dest>obj
+    raw = _get(req, O_RAW, "raw")
+    d.nreq += 1
+    d.nbytes += len(raw)
+    _set(req, O_SERVER, d.conn, "server")
+    if not noreply:
+        d.outq_append(req)
+    PyList_Append(d.wbuf, raw)
+    return F_USED
+
+
+cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize_t idx,
+                        list dests, int used) except -1:
+    """The read's first request for server `idx`: its ready connection (opened if need be)
+    becomes a destination in dests, unless it has a timeout (then `conn.send` itself)."""
+    cdef SlotFields slot = self.slots[idx]
+    cdef int reroute = 0
+    cdef ServerFields conn
+    conn_obj = slot.ready
+    if conn_obj is None:
+        if used:
+            _settle(dests)
+            used = 0
+        conn_obj = slot.conn()
+        reroute = F_REROUTE
+        if conn_obj is None:
+            self.forward_failed(req, slot.error)
+            return reroute
+    conn = conn_obj
+    raw = _get(req, O_RAW, "raw")
+    if conn.timeout > 0.0:  # conn.send(req) itself: it arms the timer
+        if used:
+            _settle(dests)
+        _count_requests(slot.stats, 1, len(raw))
+        conn_obj.send(req)
+        return reroute
+    dests[idx] = _new_dest(conn, slot.stats, req, raw, noreply)
+    return F_USED | reroute
+
+
+cdef _Dest _new_dest(ServerFields conn, object stats, object req, object raw, object noreply):
+    """conn.send(req), inlined for a connection without a timeout; the connection's queues
+    kept for the read's next requests to the same server."""
+    cdef _Dest d = _Dest.__new__(_Dest)
+    d.stats = stats
+    d.conn = conn
+    d.nreq = 1
+    d.nbytes = len(raw)
+    _set(req, O_SERVER, conn, "server")
+    outq_append = conn.outq.append
+    if not noreply:
+        outq_append(req)
+    wbuf = conn.wbuf
+    PyList_Append(wbuf, raw)
+    if not conn.dirty:
+        _mark(conn)
+    d.outq_append = outq_append
+    d.wbuf = wbuf
+    return d
+
 # --------------------------------------------------------------------------------------------
 # ServerConn.data_received
 
 
 def server_data_received(ServerFields self, data):
     """Twin of `ServerConn.data_received`: pair the replies of one read with `outq`."""
-    cdef Py_ssize_t before, nbytes, paired
-    cdef object last = None
-    cdef list clients
+    cdef Py_ssize_t paired
     parser = self.parser
     replies = parser_feed(parser, data)
     if replies:
         outq = self.outq
-        popleft = outq.popleft
-        stats = self.stats
-        is_failure = self.codec.is_failure_reply
-        before = len(outq)
-        self.swallowed = 0
-        nbytes = 0
-        clients = []  # batched owners answered in this read, drained once each below
-        for reply in replies:
-            # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
-            if not outq or (reply[0] == 45 and is_failure(reply)):
-                paired = before - len(outq)
-                _count_responses(stats, paired, nbytes)
-                for client in clients:
-                    client.drain()
-                self.bad_reply(paired)
-                return
-            req = popleft()
-            nbytes += len(reply)
-            _set(req, O_REPLY, reply, "reply")
-            owner = _get(req, O_OWNER, "owner")
-            if owner is last:
-                pass  # batched, already listed
-            elif type(owner) is SplitOwner:  # batched = False
-                (<SplitOwner>owner).req_done(req)
-            elif isinstance(owner, ClientFields) or owner.batched:  # ClientConn: batched
-                last = owner
-                PyList_Append(clients, owner)
-            else:
-                owner.req_done(req)
-        paired = before - len(outq)
-        _count_responses(stats, paired, nbytes)
-        for client in clients:
-            if isinstance(client, ClientFields):
-                _client_drain(<ClientFields>client)
-            else:
-                client.drain()
+        paired = _pair_replies(self, outq, replies)
+        if paired < 0:
+            return  # a bad reply: the connection failed
         if paired > self.swallowed and (<RuntimeFields?>self.runtime).pool.auto_eject:
             self.slot.ok()  # ServerSlot.ok: pool.success when auto_eject_hosts
         if self.timer is not None and not outq:
@@ -330,6 +313,52 @@ def server_data_received(ServerFields self, data):
             self.timer = None
     if parser_error(self.parser) is not None:
         self.fail(EINVAL, "server_err")
+
+
+cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) except -2:
+    """Give each reply to the request at the head of `outq` and tell its owner; the batched
+    owners (clients) drain once each at the end. Returns the number paired, or -1 after a
+    reply nobody asked for or a failure reply (`bad_reply` failed the connection)."""
+    cdef Py_ssize_t before = len(outq), nbytes = 0, paired
+    cdef object last = None
+    cdef list clients = []  # batched owners answered in this read, drained once each below
+    popleft = outq.popleft
+    is_failure = self.codec.is_failure_reply
+    self.swallowed = 0
+    for reply in replies:
+        # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
+        if not outq or (reply[0] == 45 and is_failure(reply)):
+            paired = before - len(outq)
+            _count_responses(self.stats, paired, nbytes)
+            _drain_all(clients)
+            self.bad_reply(paired)
+            return -1
+        req = popleft()
+        nbytes += len(reply)
+        _set(req, O_REPLY, reply, "reply")
+        owner = _get(req, O_OWNER, "owner")
+        if owner is last:
+            pass  # batched, already listed
+        elif type(owner) is SplitOwner:  # batched = False
+            (<SplitOwner>owner).req_done(req)
+        elif isinstance(owner, ClientFields) or owner.batched:  # ClientConn: batched
+            last = owner
+            PyList_Append(clients, owner)
+        else:
+            owner.req_done(req)
+    paired = before - len(outq)
+    _count_responses(self.stats, paired, nbytes)
+    _drain_all(clients)
+    return paired
+
+
+cdef int _drain_all(list clients) except -1:
+    for client in clients:
+        if isinstance(client, ClientFields):
+            _client_drain(<ClientFields>client)
+        else:
+            client.drain()
+    return 0
 
 # --------------------------------------------------------------------------------------------
 # ClientConn.drain / req_done

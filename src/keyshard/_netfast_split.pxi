@@ -136,63 +136,71 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
     if _SWALLOW is None:
         _split_imports()
     pool = self.pool
-    codec = self.codec
     group = pool._group  # pool.grouper(), inlined
-    frags, ctx = codec.split(req, group)
+    frags, ctx = self.codec.split(req, group)
     cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
     preq.ctx = ctx
-    cmd = preq.cmd
     cdef list frag_list = frags
-    cdef Py_ssize_t nfrags = len(frag_list)
+    cdef SplitOwner owner = _new_owner(self, req, len(frag_list))
+    cdef list order = _server_order(frag_list)
+    owner.order = order
+    # pool.route(key, now) per fragment: the rebuild check once, again after a failure
+    route = _pool_router(pool, now)
     cdef list firsts = None
     cdef Py_ssize_t idx
+    cdef Request frag
+    for p in order:
+        item = <tuple>frag_list[<Py_ssize_t>p]
+        frag = _new_request(item[1], KIND_FORWARD, preq.cmd, b"", None, False)
+        frag.owner = owner
+        frag.ctx = p
+        if route is group:  # the router that grouped the keys: the fragment's server
+            idx = item[0]
+        else:  # rebuilt since (or no server live): the fragment goes where its first key does
+            if firsts is None:
+                firsts = _first_keys(preq, ctx)
+            idx = _route(_router_of(route), route, firsts[<Py_ssize_t>p])
+        if not _send_fragment(self, owner, frag, idx):
+            route = pool.router(now)  # a server may be ejected
+    owner.splitting = False
+    return 0
+
+
+cdef inline SplitOwner _new_owner(RuntimeFields self, object req, Py_ssize_t nfrags):
+    """The owner of a split request's fragments; the pool counts them (nutcracker does not)."""
     cdef SplitOwner owner = SplitOwner.__new__(SplitOwner)
     _owner_init(owner, self, req, nfrags, None)
-    if not self.quirks:  # nutcracker never counts fragments
+    if not self.quirks:
         pstats = self.stats
         if isinstance(pstats, PoolCounters):
             (<PoolCounters>pstats).fragments += nfrags
         else:
             pstats.fragments += nfrags
-    cdef list order = _server_order(frag_list)
-    owner.order = order
-    # pool.route(key, now) per fragment: the rebuild check once, again after a failure
-    route = _pool_router(pool, now)
-    cdef list slots = self.slots
-    cdef ServerFields conn
-    cdef SlotFields slot
-    cdef Request frag
-    for p in order:
-        raw = (<tuple>frag_list[<Py_ssize_t>p])[1]
-        frag = _new_request(raw, KIND_FORWARD, cmd, b"", None, False)
-        frag.owner = owner
-        frag.ctx = p
-        if route is group:  # the router that grouped the keys: the fragment's server
-            idx = (<tuple>frag_list[<Py_ssize_t>p])[0]
-        else:  # rebuilt since (or no server live): the fragment goes where its first key does
-            if firsts is None:
-                firsts = _first_keys(preq, ctx)
-            idx = _route(_router_of(route), route, firsts[<Py_ssize_t>p])
-        if idx < 0:
-            owner.req_failed(frag, codec.error_reply(ECONNREFUSED))
-            route = pool.router(now)
-            continue
-        slot = slots[idx]
-        conn_obj = slot.ready or slot.conn()
-        if conn_obj is None:
-            owner.req_failed(frag, codec.error_reply(slot.error))
-            route = pool.router(now)  # opening failed: a server may be ejected
-            continue
-        _count_requests(slot.stats, 1, len(raw))
-        conn = conn_obj
-        if conn.timeout > 0.0:
-            conn_obj.send(frag)
-            continue
-        # conn.send(frag), inlined for a connection without a timeout
-        _set(frag, O_SERVER, conn, "server")
-        conn.outq.append(frag)
-        PyList_Append(conn.wbuf, raw)
-        if not conn.dirty:
-            _mark(conn)
-    owner.splitting = False
-    return 0
+    return owner
+
+
+cdef inline bint _send_fragment(RuntimeFields self, SplitOwner owner, Request frag,
+                                Py_ssize_t idx) except -1:
+    """Send one fragment to server `idx`; False when it failed instead (no live server, or
+    opening the connection failed): its owner was told."""
+    if idx < 0:
+        owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
+        return False
+    cdef SlotFields slot = self.slots[idx]
+    conn_obj = slot.ready or slot.conn()
+    if conn_obj is None:
+        owner.req_failed(frag, self.codec.error_reply(slot.error))
+        return False
+    raw = frag.raw
+    _count_requests(slot.stats, 1, len(raw))
+    cdef ServerFields conn = conn_obj
+    if conn.timeout > 0.0:
+        conn_obj.send(frag)
+        return True
+    # conn.send(frag), inlined for a connection without a timeout
+    _set(frag, O_SERVER, conn, "server")
+    conn.outq.append(frag)
+    PyList_Append(conn.wbuf, raw)
+    if not conn.dirty:
+        _mark(conn)
+    return True

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what keyshard's demo, tests and benchmark need on a Debian machine:
-# the backends and nutcracker (apt), and a virtualenv with keyshard and its test extras.
+# the backends and nutcracker (apt), and a virtualenv with keyshard and its test and dev
+# (type checking) extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,6 @@ stamp=.venv/.keyshard-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ -n "$(find src -newer "$stamp" -name '*.pyx' 2>/dev/null)" ]; then
     echo "deps: installing keyshard into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/pip install -q -e ".[test]"
+    .venv/bin/pip install -q -e ".[test,dev]"
     touch "$stamp"
 fi

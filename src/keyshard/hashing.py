@@ -312,8 +312,8 @@ PY_HASHES: dict[str, HashFunc] = dict(HASHES)
 
 if speedups_enabled():  # compiled twins, if built (not md5, crc32, crc32a: C already)
     try:
-        from keyshard._speedups import HASHES as _COMPILED_HASHES  # type: ignore[import-not-found]
-        from keyshard._speedups import (  # type: ignore[no-redef]
+        from keyshard._speedups import HASHES as _COMPILED_HASHES
+        from keyshard._speedups import (  # type: ignore[no-redef]  # twins: same signatures
             crc16,
             fnv1_32,
             fnv1_64,

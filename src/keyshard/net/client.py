@@ -259,7 +259,7 @@ py_data_received = ClientConn.data_received
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
-        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._netfast import (
             client_data_received as _data_received,
         )
         from keyshard._netfast import (

@@ -53,7 +53,7 @@ PyRuntimeFields, PySlotFields = RuntimeFields, SlotFields
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
-        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._netfast import (  # type: ignore[no-redef]  # twins: same fields
             ClientFields,
             ConnFields,
             RuntimeFields,

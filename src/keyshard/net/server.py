@@ -321,7 +321,7 @@ py_data_received = ServerConn.data_received
 
 if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
     try:
-        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._netfast import (
             server_data_received as _data_received,
         )
     except ImportError:

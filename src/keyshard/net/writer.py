@@ -94,7 +94,7 @@ py_writer_flush = Writer.flush
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
-        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._netfast import (  # type: ignore[no-redef]  # the twin: same methods
             Flusher,
         )
         from keyshard._netfast import (

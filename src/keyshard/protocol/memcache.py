@@ -434,7 +434,7 @@ PyMemcacheReplyParser = MemcacheReplyParser
 
 if speedups_enabled():  # subclasses with a compiled `_parse` (and `feed`), if built
     try:
-        from keyshard._speedups import memcache_framers  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._speedups import memcache_framers
     except ImportError:
         pass
     else:

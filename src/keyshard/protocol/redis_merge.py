@@ -238,7 +238,7 @@ py_merge = merge
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/__init__.py)
     try:
-        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef]
+        from keyshard._speedups import (  # type: ignore[no-redef]  # twins: same signatures
             merge,
             split,
         )

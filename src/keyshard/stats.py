@@ -35,12 +35,28 @@ class PoolCounters:
     disabled) has them as C integers, which its hot loops add to without a lookup."""
 
     __slots__ = POOL_COUNTERS
+    # The slots' types, for the type checker: annotations only (no class attribute, so the
+    # slots above stay the storage); the tests hold them to the metric table.
+    client_eof: int
+    client_err: int
+    server_ejects: int
+    forward_error: int
+    fragments: int
 
 
 class ServerCounters:
     """A server's counters (as `PoolCounters`)."""
 
     __slots__ = SERVER_COUNTERS
+    # as in PoolCounters; server_ejected_at is in microseconds since the epoch (0 = never)
+    server_eof: int
+    server_err: int
+    server_timedout: int
+    server_ejected_at: int
+    requests: int
+    request_bytes: int
+    responses: int
+    response_bytes: int
 
 
 PyPoolCounters, PyServerCounters = PoolCounters, ServerCounters  # the references (tests)

@@ -732,6 +732,13 @@ def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:
         assert declared == set(names)
         with pytest.raises(AttributeError):
             obj.stray = 1  # type: ignore[attr-defined]
+    # the references' annotations (for the type checker) are the table's counters, in order,
+    # and only annotations: the slots stay the storage
+    for ref, names in ((stats.PyPoolCounters, stats.POOL_COUNTERS),
+                       (stats.PyServerCounters, stats.SERVER_COUNTERS)):
+        assert tuple(ref.__annotations__) == names
+        assert ref.__slots__ == names
+        assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in names)
     rt, loop, conns = _runtime(1)
     client = ClientConn(rt)
     client.connection_made(_Transport())  # type: ignore[arg-type]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -574,6 +575,18 @@ def test_net_twins_selected() -> None:
         assert runtime.PoolRuntime.dispatch is _netfast.dispatch
 
 
+def test_field_annotations_are_the_slots() -> None:
+    """net.fields Rule 3: each reference annotates exactly its own slots, in their order, and
+    only annotates them (the slots stay the storage)."""
+    from keyshard.net import fields
+
+    for ref in (fields.PyConnFields, fields.PyClientFields, fields.PyServerFields,
+                fields.PyRuntimeFields, fields.PySlotFields):
+        slots = tuple(name for name in ref.__slots__ if name != "__dict__")
+        assert tuple(inspect.get_annotations(ref)) == slots, ref
+        assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in slots), ref
+
+
 class _Loop:
     def __init__(self) -> None:
         self.soon: list[Any] = []
@@ -736,7 +749,7 @@ def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:
     # and only annotations: the slots stay the storage
     for ref, names in ((stats.PyPoolCounters, stats.POOL_COUNTERS),
                        (stats.PyServerCounters, stats.SERVER_COUNTERS)):
-        assert tuple(ref.__annotations__) == names
+        assert tuple(inspect.get_annotations(ref)) == names
         assert ref.__slots__ == names
         assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in names)
     rt, loop, conns = _runtime(1)

@@ -11,11 +11,28 @@ Rule 1: every attribute a connection has is listed here; setting another one rai
         AttributeError (a typo is loud, and no connection grows a `__dict__`).
 Rule 2: the compiled twin types a few of them (`wbuf` is a list, the flags are booleans,
         `timeout` a float, `swallowed` an int); the code only ever stores such values there.
+Rule 3: each class also annotates its slots, for the type checker only: an annotation without
+        a value makes no class attribute, so the slots stay the storage.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from keyshard import speedups_enabled
+
+if TYPE_CHECKING:
+    import asyncio
+    import socket
+    from collections import deque
+    from collections.abc import Callable
+
+    from keyshard.net.runtime import PoolRuntime, ServerSlot
+    from keyshard.net.server import ServerConn
+    from keyshard.net.writer import Flusher
+    from keyshard.pool import ServerPool
+    from keyshard.protocol.base import Request
+    from keyshard.stats import PoolStats, ServerStats
 
 
 class ConnFields:
@@ -23,15 +40,42 @@ class ConnFields:
 
     __slots__ = ("runtime", "flusher", "codec", "parser", "transport", "wbuf", "dirty", "deferred",
                  "closed")
+    runtime: PoolRuntime
+    flusher: Flusher
+    codec: Any  # the codec contract is duck-typed (keyshard.protocol.base)
+    parser: Any  # the codec's request or reply parser
+    transport: Any  # the asyncio transport once connected, else None
+    wbuf: list[bytes]
+    dirty: bool
+    deferred: bool
+    closed: bool
 
 
 class ClientFields(ConnFields):
     __slots__ = ("queue", "close_mark", "closing", "eof", "quit", "failed", "counted",
                  "read_paused", "write_paused", "authenticated")
+    queue: list[Request]
+    close_mark: Request | None
+    closing: bool
+    eof: bool
+    quit: bool
+    failed: bool
+    counted: bool
+    read_paused: bool
+    write_paused: bool
+    authenticated: bool
 
 
 class ServerFields(ConnFields):
     __slots__ = ("slot", "outq", "sock", "timer", "stats", "connected", "timeout", "swallowed")
+    slot: ServerSlot
+    outq: deque[Request]
+    sock: socket.socket | None
+    timer: asyncio.TimerHandle | None
+    stats: ServerStats
+    connected: bool
+    timeout: float
+    swallowed: int
 
 
 class RuntimeFields:
@@ -39,12 +83,22 @@ class RuntimeFields:
 
     __slots__ = ("loop", "pool", "slots", "stats", "codec", "observe", "quirks", "flusher",
                  "__dict__")
+    loop: asyncio.AbstractEventLoop
+    pool: ServerPool
+    slots: list[ServerSlot]
+    stats: PoolStats
+    codec: Any  # as ConnFields.codec
+    observe: Callable[[bytes, float], None] | None
+    quirks: bool
+    flusher: Flusher
 
 
 class SlotFields:
     """What the hot paths read of a server slot (keyshard.net.runtime.ServerSlot)."""
 
     __slots__ = ("ready", "stats", "__dict__")
+    ready: ServerConn | None
+    stats: ServerStats
 
 
 # The references stay reachable under these names (tests).

@@ -45,7 +45,7 @@ MAX_PENDING = 4096  # requests awaiting replies before we stop reading from the 
 RESUME_PENDING = MAX_PENDING // 2
 
 
-class ClientConn(ClientFields, asyncio.Protocol, Writer):  # type: ignore[misc]
+class ClientConn(ClientFields, asyncio.Protocol, Writer):
     __slots__ = ()  # the fields are ClientFields' (keyshard.net.fields)
     batched = True  # a server sets the replies of one read, then calls drain() once (server.py)
     max_pending = MAX_PENDING

@@ -21,10 +21,23 @@ Rule 4: a server connection is always flushed one loop iteration later, once: th
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from keyshard import speedups_enabled
 from keyshard.net.fields import ClientFields
+
+
+class Buffered(Protocol):
+    """What `Flusher` and `Writer` use of a connection: `ConnFields`' writer fields and
+    `Writer.flush`. `Writer` is a mixin without fields, so its methods take `self` as this."""
+
+    transport: Any
+    flusher: Flusher
+    wbuf: list[bytes]
+    dirty: bool
+    deferred: bool
+
+    def flush(self) -> None: ...
 
 
 class Flusher:
@@ -34,10 +47,10 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.dirty: list[Writer] = []
+        self.dirty: list[Buffered] = []
         self.scheduled = False
 
-    def mark(self, conn: Writer) -> None:
+    def mark(self, conn: Buffered) -> None:
         self.dirty.append(conn)
         if not self.scheduled:
             self.scheduled = True
@@ -59,22 +72,17 @@ class Flusher:
 
 class Writer:
     """Mixin: a buffered, coalescing writer over an asyncio transport (its fields are in
-    `keyshard.net.fields.ConnFields`)."""
+    `keyshard.net.fields.ConnFields`, its classes' `self` is a `Buffered`)."""
 
     __slots__ = ()
 
-    transport: Any
-    flusher: Flusher
-    wbuf: list[bytes]
-    dirty: bool
-
-    def write(self, data: bytes) -> None:
+    def write(self: Buffered, data: bytes) -> None:
         self.wbuf.append(data)
         if not self.dirty:
             self.dirty = True
             self.flusher.mark(self)
 
-    def flush(self) -> None:
+    def flush(self: Buffered) -> None:
         self.dirty = False
         wbuf = self.wbuf
         if not wbuf:
@@ -82,7 +90,7 @@ class Writer:
         transport = self.transport
         if transport is None:
             return  # not connected yet: connection_made flushes (Rule 2)
-        self.wbuf = []
+        self.wbuf: list[bytes] = []  # typed for mypy, which reads it as Writer's own attribute
         if transport.is_closing():
             return
         transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))

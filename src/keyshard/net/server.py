@@ -82,7 +82,7 @@ class Swallow:
 SWALLOW = Swallow()
 
 
-def resolve(host: str, port: int) -> tuple[int, Any]:
+def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
     """(family, address) of the first getaddrinfo answer, as nutcracker's nc_resolve.
 
     Blocking, like nutcracker's; a numeric address costs no lookup.
@@ -91,7 +91,7 @@ def resolve(host: str, port: int) -> tuple[int, Any]:
     return family, addr
 
 
-class ServerConn(ServerFields, asyncio.Protocol, Writer):  # type: ignore[misc]
+class ServerConn(ServerFields, asyncio.Protocol, Writer):
     __slots__ = ()  # the fields are ServerFields' (keyshard.net.fields)
 
     def __init__(self, runtime: PoolRuntime, slot: ServerSlot) -> None:
@@ -224,7 +224,8 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):  # type: ignore[misc]
             self.swallowed = 0
             nbytes = 0
             last = None
-            clients = []  # batched owners answered in this read, drained once each below
+            # batched owners answered in this read, drained once each below
+            clients: list[ClientConn] = []
             for reply in replies:
                 # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
                 if not outq or (reply[0] == 45 and is_failure(reply)):

@@ -87,90 +87,115 @@ def _mc_request_feed(self, data):
 
 
 cdef object _mc_request_parse_c(object self, object data):
+    """The loop of `_parse`: each request by its fast path (`_mc_get`, `_mc_store`) when it
+    is in the usual spelling, else by the reference's `_general` (`_mc_general`)."""
     cdef bytes buf = _as_bytes(data)
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-    cdef Py_ssize_t pos = 0, q, k, e, end, mend, nkeys, vq
-    cdef Py_ssize_t starts[MC_MAX_KEYS]
+    cdef Py_ssize_t pos = 0, end
+    cdef Py_ssize_t starts[MC_MAX_KEYS]  # the keys of a multi-get (`_mc_get`'s scratch)
     cdef Py_ssize_t ends[MC_MAX_KEYS]
     cdef int verb
-    cdef uint32_t vlen, ignored
-    cdef bint noreply
     cdef list out = []
-    cdef list keys
     while pos < n:
+        end = 0
         if b[pos] == 103 and _mc_at(b, pos, n, "get", 3):  # get / gets
-            q = pos + 3
-            verb = 0
-            if q + 1 < n and b[q] == 115 and b[q + 1] == 32:
-                verb = 1
-                q += 1
-            nkeys = 0
-            while q < n and b[q] == 32 and nkeys < MC_MAX_KEYS:
-                e = _mc_key(b, q + 1, n)
-                if e < 0 or e >= n:
-                    break
-                starts[nkeys] = q + 1
-                ends[nkeys] = e
-                nkeys += 1
-                q = e
-                if b[e] == 13:
-                    break
-            if nkeys and q + 1 < n and b[q] == 13 and b[q + 1] == 10:
-                end = q + 2
-                if nkeys == 1:  # _GET1
-                    PyList_Append(out, _new_request(
-                        _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb],
-                        _slice(buf, starts[0], ends[0]), None, False))
-                else:  # _GETN
-                    keys = [_slice(buf, starts[k], ends[k]) for k in range(nkeys)]
-                    PyList_Append(out, _new_request(
-                        _slice(buf, pos, end), _KIND_SPLIT, _MC_VERBS[verb], keys[0], keys,
-                        False))
-                pos = end
-                continue
+            end = _mc_get(buf, b, pos, n, starts, ends, out)
         else:
             verb = _mc_store_verb(b, pos, n)
-            if verb >= 0:  # _STORE1
-                k = pos + len(<bytes>_MC_VERBS[verb]) + 1
-                e = _mc_key(b, k, n)
-                q = -1
-                if 0 < e < n and b[e] == 32:
-                    q = _mc_digits(b, e + 1, n, &ignored)
-                if 0 < q < n and b[q] == 32:
-                    q = _mc_digits(b, q + 1, n, &ignored)
-                vq = -1
-                if 0 < q < n and b[q] == 32:
-                    vq = q + 1
-                    q = _mc_digits(b, vq, n, &vlen)
-                mend = -1
-                noreply = False
-                if 0 < q and vq > 0:
-                    if q + 1 < n and b[q] == 13 and b[q + 1] == 10:
-                        mend = q + 2
-                    elif _mc_at(b, q, n, " noreply\r\n", 10):
-                        mend = q + 10
-                        noreply = True
-                if mend > 0:
-                    end = mend + vlen + 2
-                    if end > n or b[end - 2] != 13 or b[end - 1] != 10:  # cut, or bad
-                        end = self._data_end(buf, pos, mend, _slice(buf, vq, q))
-                        if end < 0:
-                            break
-                    PyList_Append(out, _new_request(
-                        _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb],
-                        _slice(buf, k, e), None, noreply))
-                    pos = end
-                    continue
-        req = self._general(buf, pos, n)
-        if req is None:
+            if verb >= 0:
+                end = _mc_store(self, buf, b, pos, n, verb, out)
+        if end == 0:  # not a fast path's spelling
+            end = _mc_general(self, buf, pos, n, out)
+        if end < 0:
             break
-        PyList_Append(out, req)
-        if req.kind == _KIND_QUIT:
-            self._stop()  # nutcracker reads nothing after quit
-            break
-        pos += len(req.raw)
+        pos = end
     return out
+
+
+cdef inline Py_ssize_t _mc_get(bytes buf, const unsigned char* b, Py_ssize_t pos, Py_ssize_t n,
+                               Py_ssize_t* starts, Py_ssize_t* ends, list out) except -2:
+    """_GET1 or _GETN at `pos`, whose `get` is matched: append its request and return its end;
+    0 when the line is not in that spelling. `starts`, `ends`: room for MC_MAX_KEYS keys."""
+    cdef Py_ssize_t q = pos + 3, e, end, k
+    cdef Py_ssize_t nkeys = 0
+    cdef int verb = 0
+    cdef list keys
+    if q + 1 < n and b[q] == 115 and b[q + 1] == 32:  # gets
+        verb = 1
+        q += 1
+    while q < n and b[q] == 32 and nkeys < MC_MAX_KEYS:
+        e = _mc_key(b, q + 1, n)
+        if e < 0 or e >= n:
+            break
+        starts[nkeys] = q + 1
+        ends[nkeys] = e
+        nkeys += 1
+        q = e
+        if b[e] == 13:
+            break
+    if not (nkeys and q + 1 < n and b[q] == 13 and b[q + 1] == 10):
+        return 0
+    end = q + 2
+    if nkeys == 1:  # _GET1
+        PyList_Append(out, _new_request(
+            _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb],
+            _slice(buf, starts[0], ends[0]), None, False))
+    else:  # _GETN
+        keys = [_slice(buf, starts[k], ends[k]) for k in range(nkeys)]
+        PyList_Append(out, _new_request(
+            _slice(buf, pos, end), _KIND_SPLIT, _MC_VERBS[verb], keys[0], keys, False))
+    return end
+
+
+cdef inline Py_ssize_t _mc_store(object self, bytes buf, const unsigned char* b, Py_ssize_t pos,
+                                 Py_ssize_t n, int verb, list out) except -2:
+    """_STORE1 at `pos`, whose verb (`_MC_VERBS[verb]`) and space are matched: append its
+    request and return its end; 0 when the line is not in that spelling; -1 when its data
+    is cut or bad (the reference's `_data_end` has kept it, or failed)."""
+    cdef Py_ssize_t k = pos + len(<bytes>_MC_VERBS[verb]) + 1
+    cdef Py_ssize_t e = _mc_key(b, k, n)
+    cdef Py_ssize_t q = -1, vq = -1, mend = -1, end
+    cdef uint32_t vlen, ignored
+    cdef bint noreply = False
+    if 0 < e < n and b[e] == 32:
+        q = _mc_digits(b, e + 1, n, &ignored)
+    if 0 < q < n and b[q] == 32:
+        q = _mc_digits(b, q + 1, n, &ignored)
+    if 0 < q < n and b[q] == 32:
+        vq = q + 1
+        q = _mc_digits(b, vq, n, &vlen)
+    if 0 < q and vq > 0:
+        if q + 1 < n and b[q] == 13 and b[q + 1] == 10:
+            mend = q + 2
+        elif _mc_at(b, q, n, " noreply\r\n", 10):
+            mend = q + 10
+            noreply = True
+    if mend < 0:
+        return 0
+    end = mend + vlen + 2
+    if end > n or b[end - 2] != 13 or b[end - 1] != 10:  # cut, or bad
+        end = self._data_end(buf, pos, mend, _slice(buf, vq, q))
+        if end < 0:
+            return -1
+    PyList_Append(out, _new_request(
+        _slice(buf, pos, end), _KIND_FORWARD, _MC_VERBS[verb], _slice(buf, k, e), None,
+        noreply))
+    return end
+
+
+cdef Py_ssize_t _mc_general(object self, bytes buf, Py_ssize_t pos, Py_ssize_t n,
+                            list out) except -2:
+    """Any other line, by the reference's `_general`: append its request and return its end;
+    -1 to stop (the line is cut or rejected, or it was `quit`)."""
+    req = self._general(buf, pos, n)
+    if req is None:
+        return -1
+    PyList_Append(out, req)
+    if req.kind == _KIND_QUIT:
+        self._stop()  # nutcracker reads nothing after quit
+        return -1
+    return pos + len(req.raw)
 
 
 cdef inline bint _mc_one_line(const unsigned char* b, Py_ssize_t p, Py_ssize_t cr) noexcept:

@@ -123,7 +123,6 @@ def split(req, route):
     """Twin of redis_merge.split: [(server index, fragment bytes)] and the merge context.
     Two passes over the keys: the first routes each key once and sizes the fragments, the
     second writes each fragment into its one allocation (no list per fragment, no dict)."""
-    global _heads
     cdef object args, cmd
     if type(req) is Request:
         args = (<Request>req).args
@@ -131,14 +130,10 @@ def split(req, route):
     else:
         args = req.args
         cmd = req.cmd
-    if _heads is None:
-        _heads = _redis_merge()._HEADS
-    head_obj = _heads.get(cmd)
-    if args is None or head_obj is None:
-        raise AssertionError(req)
+    head_obj = _fragment_head(req, cmd, args)
     cdef Py_ssize_t step = 2 if cmd == b"mset" else 1
     cdef list items = args if type(args) is list else list(args)
-    cdef Py_ssize_t nkeys = (len(items) + step - 1) // step, nfrags, k
+    cdef Py_ssize_t nkeys = (len(items) + step - 1) // step, nfrags
     cdef bytes head = <bytes?>head_obj
     cdef list frags, order
     # per key: its fragment; per fragment: its server, its element count and size, its writer
@@ -156,13 +151,32 @@ def split(req, route):
         nfrags = _group_keys(items, step, nkeys, route, frag_of, fserver, fcount, fsize)
         frags = _write_fragments(items, step, nkeys, head, nfrags, frag_of, fserver, fcount,
                                  fsize, fw)
-        order = [None] * nkeys
-        for k in range(nkeys):
-            order[k] = frag_of[k]
+        order = _fragment_numbers(frag_of, nkeys)
     finally:
         free(mem)
         free(fw)
     return frags, order
+
+
+cdef inline object _fragment_head(object req, object cmd, object args):
+    """redis_merge._HEADS[cmd], what every fragment of `req` starts with after its count;
+    AssertionError for a request that is not split."""
+    global _heads
+    if _heads is None:
+        _heads = _redis_merge()._HEADS
+    head_obj = _heads.get(cmd)
+    if args is None or head_obj is None:
+        raise AssertionError(req)
+    return head_obj
+
+
+cdef inline list _fragment_numbers(Py_ssize_t* frag_of, Py_ssize_t nkeys):
+    """The merge context: per key, the number of its fragment (a list of ints)."""
+    cdef list order = [None] * nkeys
+    cdef Py_ssize_t k
+    for k in range(nkeys):
+        order[k] = frag_of[k]
+    return order
 
 
 cdef Py_ssize_t _find_crlf(const unsigned char* s, Py_ssize_t p, Py_ssize_t n) noexcept:
@@ -215,62 +229,87 @@ cdef int _bulk_spans(bytes reply, Py_ssize_t count, Py_ssize_t* starts,
 
 
 cdef bytes _merge_mget(object ctx, object replies):
-    """redis_merge._merge_mget from spans: `*<number of keys>` then each key's bulk."""
+    """redis_merge._merge_mget from spans: `*<number of keys>` then each key's bulk. Inputs
+    off the usual path (a context not from `split`, a reply not of bulks) go to the reference."""
     cdef list order = ctx if type(ctx) is list else list(ctx)
     cdef list reps = replies if type(replies) is list else list(replies)
-    cdef Py_ssize_t nrep = len(reps), nkeys = len(order), f, k, size, base
-    cdef Py_ssize_t* counts
-    cdef Py_ssize_t* first
-    cdef Py_ssize_t* taken
-    cdef Py_ssize_t* starts
-    cdef Py_ssize_t* ends
-    cdef bytes out, reply
-    cdef char* w
-    cdef int bad
-    counts = <Py_ssize_t*>malloc((3 * nrep + 2 * nkeys + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t nrep = len(reps), nkeys = len(order)
+    # per reply: its number of keys, the index of its first key's span, the spans taken so far;
+    # per key, in the order of the replies: the span of its bulk
+    cdef Py_ssize_t* counts = <Py_ssize_t*>malloc(
+        (3 * nrep + 2 * nkeys + 1) * sizeof(Py_ssize_t))
     if counts == NULL:
         raise MemoryError()
-    first = counts + nrep
-    taken = first + nrep
-    starts = taken + nrep
-    ends = starts + nkeys
+    cdef Py_ssize_t* first = counts + nrep
+    cdef Py_ssize_t* taken = first + nrep
+    cdef Py_ssize_t* starts = taken + nrep
+    cdef Py_ssize_t* ends = starts + nkeys
     try:
-        for f in range(nrep):
-            counts[f] = 0
-            taken[f] = 0
-        for frag in order:
-            f = frag
-            if not 0 <= f < nrep:  # not a context from `split`: the reference decides
-                return _redis_merge()._merge_mget(ctx, replies)
-            counts[f] += 1
-        base = 0
-        for f in range(nrep):
-            first[f] = base
-            base += counts[f]
-            obj = reps[f]
-            bad = 1
-            if PyBytes_Check(obj):
-                bad = _bulk_spans(<bytes>obj, counts[f], starts + first[f], ends + first[f])
-            if bad:
-                _redis_merge()._bulks(obj, counts[f])  # raises MergeError (or whatever) as the
-                return _redis_merge()._merge_mget(ctx, replies)  # reference; else its answer
-        size = 3 + _ndigits(nkeys)
-        for k in range(nkeys):
-            size += ends[k] - starts[k]
-        out = PyBytes_FromStringAndSize(NULL, size)
-        w = PyBytes_AS_STRING(out)
-        w[0] = 42
-        w = _put_int(w + 1, nkeys)
-        w = _put(w, "\r\n", 2)
-        for frag in order:
-            f = frag
-            k = first[f] + taken[f]
-            taken[f] += 1
-            reply = <bytes>reps[f]
-            w = _put(w, PyBytes_AS_STRING(reply) + starts[k], ends[k] - starts[k])
-        return out
+        if (_count_keys(order, nrep, counts, taken)
+                or _reply_spans(reps, nrep, counts, first, starts, ends)):
+            return _redis_merge()._merge_mget(ctx, replies)
+        return _join_bulks(order, reps, nkeys, first, taken, starts, ends)
     finally:
         free(counts)
+
+
+cdef inline int _count_keys(list order, Py_ssize_t nrep, Py_ssize_t* counts,
+                            Py_ssize_t* taken) except -1:
+    """Per reply, the number of keys it answers (`taken` zeroed); 1 when `order` is not a
+    context from `split` (a fragment number out of range)."""
+    cdef Py_ssize_t f
+    for f in range(nrep):
+        counts[f] = 0
+        taken[f] = 0
+    for frag in order:
+        f = frag
+        if not 0 <= f < nrep:
+            return 1
+        counts[f] += 1
+    return 0
+
+
+cdef inline int _reply_spans(list reps, Py_ssize_t nrep, Py_ssize_t* counts, Py_ssize_t* first,
+                             Py_ssize_t* starts, Py_ssize_t* ends) except -1:
+    """Per reply, where its keys' spans start (`first`) and the spans of its bulks. 1 when a
+    reply is off the usual path and the reference's `_bulks` did not raise for it (it raises
+    MergeError, or whatever else, as in the reference)."""
+    cdef Py_ssize_t f, base = 0
+    cdef int bad
+    for f in range(nrep):
+        first[f] = base
+        base += counts[f]
+        obj = reps[f]
+        bad = 1
+        if PyBytes_Check(obj):
+            bad = _bulk_spans(<bytes>obj, counts[f], starts + first[f], ends + first[f])
+        if bad:
+            _redis_merge()._bulks(obj, counts[f])
+            return 1
+    return 0
+
+
+cdef inline bytes _join_bulks(list order, list reps, Py_ssize_t nkeys, Py_ssize_t* first,
+                              Py_ssize_t* taken, Py_ssize_t* starts, Py_ssize_t* ends):
+    """The merged reply in one allocation: `*<nkeys>`, then for each key in `order` the next
+    bulk of its fragment's reply."""
+    cdef Py_ssize_t size = 3 + _ndigits(nkeys), f, k
+    cdef bytes out, reply
+    cdef char* w
+    for k in range(nkeys):
+        size += ends[k] - starts[k]
+    out = PyBytes_FromStringAndSize(NULL, size)
+    w = PyBytes_AS_STRING(out)
+    w[0] = 42  # '*'
+    w = _put_int(w + 1, nkeys)
+    w = _put(w, "\r\n", 2)
+    for frag in order:
+        f = frag
+        k = first[f] + taken[f]
+        taken[f] += 1
+        reply = <bytes>reps[f]
+        w = _put(w, PyBytes_AS_STRING(reply) + starts[k], ends[k] - starts[k])
+    return out
 
 
 def merge(req, ctx, replies):

@@ -1,8 +1,8 @@
 # Included by _speedups.pyx. Twin of keyshard.protocol.redis.RedisRequestParser (the reply
 # parser's twin is in _speedups_resp.pxi). Each method mirrors the reference method of the
 # same name (same arguments, same checks in the same order, same error text); read them side
-# by side. What differs: numbers are folded in C as they are scanned, and the command name is
-# looked up in a C hash table.
+# by side (`_elements` makes its per-element checks in `_element`). What differs: numbers are
+# folded in C as they are scanned, and the command name is looked up in a C hash table.
 
 from keyshard.protocol import redis_commands as _rc
 
@@ -184,6 +184,35 @@ cdef inline bint _fast_head(const unsigned char* b, Py_ssize_t p, Py_ssize_t n) 
             and <unsigned char>(b[p + 5] - 49) < 9 and b[p + 6] == 13 and b[p + 7] == 10)
 
 
+cdef inline Py_ssize_t _element(const unsigned char* b, Py_ssize_t p, Py_ssize_t n, bint iskey,
+                                Py_ssize_t maxk, Spec* spec, Py_ssize_t* q_out,
+                                Py_ssize_t* need) except -2:
+    """The `$<size>\\r\\n<bytes>\\r\\n` element at `p` (< n), with the reference `_elements`'s
+    checks: the end of its bytes (their CR), their start in `q_out`; or -1 when it is cut,
+    with the bytes to wait for from `p` in `need`."""
+    cdef uint32_t size
+    cdef Py_ssize_t q, e
+    if b[p] != 36:
+        raise _Bad("not a bulk string")
+    q = _number(b, p, n, iskey, &size)
+    if q < 0:
+        need[0] = n - p + 1
+        return -1
+    if iskey and <Py_ssize_t>size >= maxk:
+        raise _Bad(f"key too long for {(<bytes>spec.name).decode()}")
+    e = q + size
+    if e + 2 > n:
+        if e < n and b[e] != 13:
+            raise _Bad("missing CRLF")
+        # wait up to the CR (it is checked as soon as it is there), then the LF
+        need[0] = (e + 1 if e + 1 > n + 1 else n + 1) - p
+        return -1
+    if b[e] != 13 or b[e + 1] != 10:
+        raise _Bad("missing CRLF")
+    q_out[0] = q
+    return e
+
+
 cdef class RedisRequestParser:
     """Frames client bytes into `Request`s (twin of protocol.redis.RedisRequestParser)."""
 
@@ -340,31 +369,15 @@ cdef class RedisRequestParser:
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(buf)
         cdef Py_ssize_t keyidx = spec.key_index
         cdef int mode = spec.key_elements
-        cdef Py_ssize_t h, q, e
-        cdef uint32_t size
+        cdef Py_ssize_t q, e, need = 0
         cdef bint iskey
         while idx < narg:
-            h = p
             if p >= n:
-                return self._save(buf, start, h, n, 1, spec, narg, idx, key, args, parts)
-            if b[p] != 36:
-                raise _Bad("not a bulk string")
+                return self._save(buf, start, p, n, 1, spec, narg, idx, key, args, parts)
             iskey = idx == keyidx or mode == _KEYS_ALL or (mode > _KEYS_ALL and idx & 1)
-            q = _number(b, p, n, iskey, &size)
-            if q < 0:
-                return self._save(buf, start, h, n, n - h + 1, spec, narg, idx, key, args,
-                                  parts)
-            if iskey and <Py_ssize_t>size >= self._maxk:
-                raise _Bad(f"key too long for {(<bytes>spec.name).decode()}")
-            e = q + size
-            if e + 2 > n:
-                if e < n and b[e] != 13:
-                    raise _Bad("missing CRLF")
-                # wait up to the CR (it is checked as soon as it is there), then the LF
-                return self._save(buf, start, h, n, (e + 1 if e + 1 > n + 1 else n + 1) - h,
-                                  spec, narg, idx, key, args, parts)
-            if b[e] != 13 or b[e + 1] != 10:
-                raise _Bad("missing CRLF")
+            e = _element(b, p, n, iskey, self._maxk, spec, &q, &need)
+            if e < 0:
+                return self._save(buf, start, p, n, need, spec, narg, idx, key, args, parts)
             if idx == keyidx:
                 key = _slice(buf, q, e)
                 if args is not None:

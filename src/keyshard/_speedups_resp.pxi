@@ -8,47 +8,59 @@ cdef Py_ssize_t _reply_item(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
     """The reference's `_item`: one reply token at `p`. Its end, with `k` > 0 for an array
     header of k elements and 0 for a complete element; or -1 when cut, `k` = bytes needed."""
     cdef unsigned char c = b[p]
-    cdef uint32_t size
-    cdef Py_ssize_t q, e, i, j, stop
-    cdef const unsigned char* cr
     k[0] = 0
     if c == 36 or c == 42:  # '$' / '*'
-        if p + 1 < n and b[p + 1] == 45:  # '-': null bulk / null array
-            q = _number(b, p + 1, n, False, &size)
-            if q < 0:
-                k[0] = n - p + 1
-            return q
-        q = _number(b, p, n, False, &size)
+        return _reply_sized(b, p, n, c, k)
+    if c == 43 or c == 45 or c == 58:  # '+' / '-' / ':'
+        return _reply_line(b, p, n, c, k)
+    raise _Bad(f"bad reply type {bytes([c])!r}")
+
+
+cdef inline Py_ssize_t _reply_sized(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
+                                    unsigned char c, Py_ssize_t* k) except -2:
+    """`_item` for a bulk or an array header (`c` is '$' or '*'), a null one included."""
+    cdef uint32_t size
+    cdef Py_ssize_t q, e
+    if p + 1 < n and b[p + 1] == 45:  # '-': null bulk / null array
+        q = _number(b, p + 1, n, False, &size)
         if q < 0:
             k[0] = n - p + 1
-            return -1
-        if c == 42:
-            k[0] = size
-            return q
-        e = q + size
-        if e + 2 > n:
-            if e < n and b[e] != 13:
-                raise _Bad("bulk without CRLF")
-            k[0] = (e + 1 if e + 1 > n + 1 else n + 1) - p
-            return -1
-        if b[e] != 13 or b[e + 1] != 10:
+        return q
+    q = _number(b, p, n, False, &size)
+    if q < 0:
+        k[0] = n - p + 1
+        return -1
+    if c == 42:
+        k[0] = size
+        return q
+    e = q + size
+    if e + 2 > n:
+        if e < n and b[e] != 13:
             raise _Bad("bulk without CRLF")
-        return e + 2
-    if c == 43 or c == 45 or c == 58:  # '+' / '-' / ':'
-        cr = <const unsigned char*>memchr(b + p + 1, 13, n - p - 1)
-        i = cr - b if cr != NULL else -1
-        if c == 58:  # nutcracker accepts digits and '-' in any order, even none at all
-            stop = i if i >= 0 else n
-            for j in range(p + 1, stop):
-                if not _isdigit(b[j]) and b[j] != 45:
-                    raise _Bad("bad integer")
-        if i < 0 or i + 1 >= n:
-            k[0] = n - p + 1
-            return -1
-        if b[i + 1] != 10:
-            raise _Bad("CR without LF")
-        return i + 2
-    raise _Bad(f"bad reply type {bytes([c])!r}")
+        k[0] = (e + 1 if e + 1 > n + 1 else n + 1) - p
+        return -1
+    if b[e] != 13 or b[e + 1] != 10:
+        raise _Bad("bulk without CRLF")
+    return e + 2
+
+
+cdef inline Py_ssize_t _reply_line(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
+                                   unsigned char c, Py_ssize_t* k) except -2:
+    """`_item` for a status, error or integer line (`c` is '+', '-' or ':')."""
+    cdef const unsigned char* cr = <const unsigned char*>memchr(b + p + 1, 13, n - p - 1)
+    cdef Py_ssize_t i = cr - b if cr != NULL else -1
+    cdef Py_ssize_t j, stop
+    if c == 58:  # nutcracker accepts digits and '-' in any order, even none at all
+        stop = i if i >= 0 else n
+        for j in range(p + 1, stop):
+            if not _isdigit(b[j]) and b[j] != 45:
+                raise _Bad("bad integer")
+    if i < 0 or i + 1 >= n:
+        k[0] = n - p + 1
+        return -1
+    if b[i + 1] != 10:
+        raise _Bad("CR without LF")
+    return i + 2
 
 
 cdef class RedisReplyParser:

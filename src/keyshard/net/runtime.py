@@ -298,17 +298,16 @@ class PoolRuntime(RuntimeFields):
             parent, parent.ctx, replies)
 
     def dispatch(self, client: ClientConn, reqs: list[Request]) -> None:
-        """Route every request of one read (the hot path)."""
+        """Route every request of one read (the hot path): forwards by `_forward`, split
+        requests by `split`, the others by the client (`local`)."""
         queue = client.queue
         now = self.loop.time()
         if self.observe is not None:
             for req in reqs:
                 req.start = now
-        pool = self.pool
         # the rebuild check once per read, not per request; fetched when a forward first needs
         # it (a split must group its keys on the continuum as it stands: runtime Rule 4)
         route = None
-        slots = self.slots
         for req in reqs:
             kind = req.kind
             if kind == KIND_FORWARD and client.authenticated:
@@ -316,35 +315,43 @@ class PoolRuntime(RuntimeFields):
                 if not req.noreply:
                     queue.append(req)
                 if route is None:
-                    route = pool.router(now)
-                idx = route(req.key)
-                if idx < 0:
-                    self.forward_failed(req, ECONNREFUSED)
-                    continue
-                slot = slots[idx]
-                conn = slot.ready
-                if conn is None:
-                    conn = slot.conn()
+                    route = self.pool.router(now)
+                if self._forward(req, route(req.key)):
                     route = None  # opening may have failed and ejected a server
-                    if conn is None:
-                        self.forward_failed(req, slot.error)
-                        continue
-                stats = slot.stats
-                stats.requests += 1
-                stats.request_bytes += len(req.raw)
-                conn.send(req)
-            elif kind == KIND_SPLIT and client.authenticated:
-                req.owner = client
+                continue
+            req.owner = client
+            if kind == KIND_SPLIT and client.authenticated:
                 queue.append(req)
                 self.split(req, now)
                 route = None  # a fragment may have failed and ejected a server
             else:
-                req.owner = client
                 client.local(req)
                 if client.closing:
                     break
         if queue and queue[0].reply is not None:
             client.req_done(queue[0])
+
+    def _forward(self, req: Request, idx: int) -> bool:
+        """Send a forwarded request to server `idx` (-1: none live, Rule 3) on the slot's ready
+        connection, or one `conn()` gives; True if that was asked (the router must be fetched
+        again: opening may have failed and ejected a server)."""
+        if idx < 0:
+            self.forward_failed(req, ECONNREFUSED)
+            return False
+        slot = self.slots[idx]
+        reroute = False
+        conn = slot.ready
+        if conn is None:
+            conn = slot.conn()
+            reroute = True
+            if conn is None:
+                self.forward_failed(req, slot.error)
+                return reroute
+        stats = slot.stats
+        stats.requests += 1
+        stats.request_bytes += len(req.raw)
+        conn.send(req)
+        return reroute
 
     def forward_failed(self, req: Request, reason: str) -> None:
         """No connection for `req` (Rule 3); a noreply request is dropped silently."""

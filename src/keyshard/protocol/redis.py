@@ -126,48 +126,58 @@ class RedisRequestParser(RespFramer[Request]):
     def _run(self, buf: bytes, p: int, n: int, out: list[Request]) -> int:
         """Parse requests from `p` to the end of `buf`; return -1 once one is cut.
 
-        Hot path: the request head and the element headers are looked up in tables by their
-        exact bytes (`FAST_HEADS`, `ELEMENT_HEADS`; a lookup costs less than the byte-by-byte
-        checks it replaces). Elements of `max_key_len` bytes or more, long headers, mixed-case
-        names, cuts, errors and EVAL go to `_head` / `_elements`, the general path.
+        Hot path: the request head is looked up in a table by its exact bytes (`FAST_HEADS`;
+        a lookup costs less than the byte-by-byte checks it replaces), then its elements by
+        `_fast_elements`. Long headers, mixed-case names, cuts and errors go to `_head`, the
+        general path.
         """
-        append = out.append
-        maxk = self._maxk
         while p < n:
             start = p
             end = p + 10 + buf[p + 5] - 48 if p + 5 < n else p  # one-digit name length
             hit = FAST_HEADS.get(buf[p:end])
             if hit is not None:
-                spec, narg, kind, want_args, fast = hit
                 p = end
             else:
                 head = self._head(buf, start, n)
                 if head is None:
                     return -1
-                spec, narg, p, (kind, want_args, fast) = head
-            args: list[bytes] | None = [] if want_args else None
-            keyidx = spec.key_index
-            key = PLACEHOLDER
-            idx = 1
-            while idx < narg:
-                sized = ELEMENT_HEADS.get(buf[p:p + 5]) if fast else None
-                if sized is not None and sized[1] < maxk:  # no key-length check needed
-                    q = p + sized[0]
-                    e = q + sized[1]
-                    if buf[e:e + 2] == b"\r\n" and (q < p + 6 or buf[p + 5] == 10):
-                        if idx == keyidx:
-                            key = buf[q:e]
-                        if args is not None:
-                            args.append(buf[q:e])
-                        p = e + 2
-                        idx += 1
-                        continue
-                p = self._elements(buf, p, n, start, spec, narg, idx, key, args, None, out)
-                break
-            else:
-                append(Request(buf[start:p], kind, spec.name, key, args))
+                spec, narg, p, plan = head
+                hit = (spec, narg, *plan)
+            p = self._fast_elements(buf, start, p, n, hit, out)
             if p < 0:
                 return -1
+        return p
+
+    def _fast_elements(self, buf: bytes, start: int, p: int, n: int,
+                       hit: tuple[CommandSpec, int, int, bool, bool], out: list[Request]) -> int:
+        """The elements of the request at `start`, from `p` (its name's end), as planned in
+        `hit` (spec, narg, kind, want_args, fast); append the request; return its end or -1.
+
+        Hot path: the element headers are looked up in a table by their exact bytes
+        (`ELEMENT_HEADS`). Elements of `max_key_len` bytes or more, long headers, cuts,
+        errors and EVAL (not `fast`) go to `_elements`, the general path.
+        """
+        spec, narg, kind, want_args, fast = hit
+        args: list[bytes] | None = [] if want_args else None
+        maxk = self._maxk
+        keyidx = spec.key_index
+        key = PLACEHOLDER
+        idx = 1
+        while idx < narg:
+            sized = ELEMENT_HEADS.get(buf[p:p + 5]) if fast else None
+            if sized is not None and sized[1] < maxk:  # no key-length check needed
+                q = p + sized[0]
+                e = q + sized[1]
+                if buf[e:e + 2] == b"\r\n" and (q < p + 6 or buf[p + 5] == 10):
+                    if idx == keyidx:
+                        key = buf[q:e]
+                    if args is not None:
+                        args.append(buf[q:e])
+                    p = e + 2
+                    idx += 1
+                    continue
+            return self._elements(buf, p, n, start, spec, narg, idx, key, args, None, out)
+        out.append(Request(buf[start:p], kind, spec.name, key, args))
         return p
 
     def _head(self, buf: bytes, start: int, n: int

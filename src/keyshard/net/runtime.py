@@ -432,7 +432,7 @@ PySplitOwner = SplitOwner
 
 if speedups_enabled():  # its compiled twin, if built (keyshard/_netfast.pyx)
     try:
-        from keyshard._netfast import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from keyshard._netfast import (  # type: ignore[no-redef]  # the compiled twin of SplitOwner
             SplitOwner,  # its compiled twin (the reference stays as PySplitOwner)
         )
         from keyshard._netfast import (

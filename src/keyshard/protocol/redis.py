@@ -318,7 +318,7 @@ PyRedisReplyParser: Final = RedisReplyParser
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/__init__.py)
     try:
-        from keyshard._speedups import (  # type: ignore[import-not-found,no-redef]
+        from keyshard._speedups import (  # type: ignore[no-redef]  # twins: same methods
             RedisReplyParser,
             RedisRequestParser,
         )

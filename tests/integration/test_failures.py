@@ -55,6 +55,11 @@ class Proxy:
         self.proc = Keyshard(pool_yaml("alpha", self.port, servers, **settings))
         self.proc.start(self.port)
         self.codec = REDIS if redis else MEMCACHE
+        # start() probed the port; that connection is counted (client_eof) when the proxy
+        # sees it end, which may be after a test's first stats(): settle it here
+        if not wait_for(lambda: self.stats()["client_eof"] >= 1):
+            self.proc.cleanup()
+            raise RuntimeError("the start-up probe's connection was never counted")
 
     def stats(self) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", self.proc.stats_port), timeout=5) as s:

@@ -188,7 +188,8 @@ class _Proxy(Proc):
             "-c", str(self.conf_path), "-s", str(self.stats_port), "-a", "127.0.0.1",
             "-v", str(self.verbose), *self.extra,
         ], env=self.env())
-        for port in ports or (self.stats_port,):
+        # started means every port listens: a test's first stats() must not race the listener
+        for port in dict.fromkeys((*ports, self.stats_port)):
             try:
                 wait_port(port, self.proc)
             except RuntimeError as err:

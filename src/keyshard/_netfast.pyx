@@ -159,13 +159,8 @@ def dispatch(RuntimeFields self, ClientFields client, reqs):
 
 
 cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except -1:
-    global _py_dispatch
     if self.observe is not None:
-        if _py_dispatch is None:
-            from keyshard.net.runtime import py_dispatch
-            _py_dispatch = py_dispatch
-        _py_dispatch(self, client, reqs)
-        return 0
+        return _observed(self, client, reqs)
     cdef list queue = client.queue
     cdef _Router router = None
     now = self.loop.time()
@@ -193,17 +188,10 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
             if used:
                 _settle(dests)
                 used = 0
-            _set(req, O_OWNER, client, "owner")
-            if authenticated and _is(kind, KIND_SPLIT):
-                PyList_Append(queue, req)
-                _split(self, req, now)
-                route = None  # a fragment may have failed and ejected a server
-                authenticated = client.authenticated
-            else:
-                client.local(req)
-                authenticated = client.authenticated
-                if client.closing:
-                    break
+            route = None  # a fragment (or a local command) may have ejected a server
+            if _not_forwarded(self, client, req, kind, now):
+                break
+            authenticated = client.authenticated
     finally:
         if used:
             _settle(dests)
@@ -212,6 +200,30 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
         if _get(head, O_REPLY, "reply") is not None:
             _client_req_done(client, head)
     return 0
+
+
+cdef int _observed(RuntimeFields self, ClientFields client, object reqs) except -1:
+    """Latency is observed (`PoolRuntime.observe`, the Prometheus histograms): the reference
+    dispatch, which stamps each request's start."""
+    global _py_dispatch
+    if _py_dispatch is None:
+        from keyshard.net.runtime import py_dispatch
+        _py_dispatch = py_dispatch
+    _py_dispatch(self, client, reqs)
+    return 0
+
+
+cdef int _not_forwarded(RuntimeFields self, ClientFields client, object req, object kind,
+                        object now) except -1:
+    """A request that is not one key for one server: split it (once authenticated) or answer
+    it here. Returns 1 when the client is closing: the read's later requests are dropped."""
+    _set(req, O_OWNER, client, "owner")
+    if client.authenticated and _is(kind, KIND_SPLIT):
+        PyList_Append(client.queue, req)
+        _split(self, req, now)
+        return 0
+    client.local(req)
+    return client.closing
 
 
 cdef enum:

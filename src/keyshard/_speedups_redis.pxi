@@ -123,7 +123,6 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t p, Py_ssize_t n, bint
     `value`; the position after its CRLF, or -1 when cut."""
     cdef Py_ssize_t lim = p + 2 + MAX_HEADER_DIGITS
     cdef Py_ssize_t i = p + 1
-    cdef Py_ssize_t j, end
     cdef uint32_t v = 0
     cdef bint bad = False
     cdef unsigned char c
@@ -140,15 +139,7 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t p, Py_ssize_t n, bint
             bad = True
         i += 1
     if i >= lim:  # no CR where the reference looks for one
-        end = p + 1 + MAX_HEADER_DIGITS
-        if end > n:
-            end = n
-        for j in range(p + 1, end):
-            if not _isdigit(b[j]):
-                raise _Bad("bad length")
-        if n - p - 1 > MAX_HEADER_DIGITS:
-            raise _Bad("length too long")
-        return -1
+        return _number_cut(b, p, n)
     if i > p + 1:
         if bad:
             raise _Bad("bad length")
@@ -160,6 +151,20 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t p, Py_ssize_t n, bint
         raise _Bad("missing LF")
     value[0] = v
     return i + 2
+
+
+cdef Py_ssize_t _number_cut(const unsigned char* b, Py_ssize_t p, Py_ssize_t n) except -2:
+    """A header with no CR within reach: garbage or too long raises, else it is cut (-1)."""
+    cdef Py_ssize_t j
+    cdef Py_ssize_t end = p + 1 + MAX_HEADER_DIGITS
+    if end > n:
+        end = n
+    for j in range(p + 1, end):
+        if not _isdigit(b[j]):
+            raise _Bad("bad length")
+    if n - p - 1 > MAX_HEADER_DIGITS:
+        raise _Bad("length too long")
+    return -1
 
 
 cdef int _numkeys(const unsigned char* b, Py_ssize_t q, Py_ssize_t e) except -1:

@@ -218,44 +218,52 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
         replies = self.parser.feed(data)
         if replies:
             outq = self.outq
-            stats = self.stats
-            is_failure = self.codec.is_failure_reply
-            before = len(outq)
-            self.swallowed = 0
-            nbytes = 0
-            last = None
-            # batched owners answered in this read, drained once each below
-            clients: list[ClientConn] = []
-            for reply in replies:
-                # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
-                if not outq or (reply[0] == 45 and is_failure(reply)):
-                    stats.responses += before - len(outq)
-                    stats.response_bytes += nbytes
-                    for client in clients:
-                        client.drain()
-                    self.bad_reply(before - len(outq))
-                    return
-                req = outq.popleft()
-                nbytes += len(reply)
-                req.reply = reply
-                owner = req.owner
-                if owner.batched:
-                    if owner is not last:
-                        last = owner
-                        clients.append(owner)
-                else:
-                    owner.req_done(req)
-            stats.responses += before - len(outq)
-            stats.response_bytes += nbytes
-            for client in clients:
-                client.drain()
-            if before - len(outq) > self.swallowed:
+            paired = self._pair_replies(outq, replies)
+            if paired < 0:
+                return  # a bad reply: the connection failed
+            if paired > self.swallowed:
                 self.slot.ok()
             if self.timer is not None and not outq:
                 self.timer.cancel()
                 self.timer = None
         if self.parser.error is not None:
             self.fail(EINVAL, "server_err")
+
+    def _pair_replies(self, outq: deque[Request], replies: list[bytes]) -> int:
+        """Give each reply to the request at the head of `outq` and tell its owner; the batched
+        owners (clients) drain once each at the end. Returns the number paired, or -1 after a
+        reply nobody asked for or a failure reply (`bad_reply` failed the connection)."""
+        stats = self.stats
+        is_failure = self.codec.is_failure_reply
+        before = len(outq)
+        self.swallowed = 0
+        nbytes = 0
+        last = None
+        clients: list[ClientConn] = []  # batched owners answered in this read, drained once each
+        for reply in replies:
+            # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
+            if not outq or (reply[0] == 45 and is_failure(reply)):
+                stats.responses += before - len(outq)
+                stats.response_bytes += nbytes
+                for client in clients:
+                    client.drain()
+                self.bad_reply(before - len(outq))
+                return -1
+            req = outq.popleft()
+            nbytes += len(reply)
+            req.reply = reply
+            owner = req.owner
+            if owner.batched:
+                if owner is not last:
+                    last = owner
+                    clients.append(owner)
+            else:
+                owner.req_done(req)
+        stats.responses += before - len(outq)
+        stats.response_bytes += nbytes
+        for client in clients:
+            client.drain()
+        return before - len(outq)
 
     def bad_reply(self, paired: int) -> None:
         if paired > self.swallowed:

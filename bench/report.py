@@ -148,7 +148,7 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
         row += [_fmt(cells[p].cpu_us_per_req, ".2f", cells[p]) for p in labels]
         row += [_ratio_fmt(ratio(cells[o].cpu_us_per_req, cells[base].cpu_us_per_req),
                            paired(cells[o].per_rep_cpu, cells[base].per_rep_cpu)) for o in others]
-        row += [_fmt(None if cells[p].rss_kb is None else cells[p].rss_kb / 1024, ".1f", cells[p])
+        row += [_fmt(None if (kb := cells[p].rss_kb) is None else kb / 1024, ".1f", cells[p])
                 for p in labels]
         out.append("| " + " | ".join(row) + " |")
     out += _disturbance(summary)

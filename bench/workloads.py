@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,7 +146,7 @@ def memcslap(port: int, w: Workload, n: int, timeout: float) -> ClientResult:
     return ClientResult(res.rps, None, res.requests)
 
 
-def client_for(w: Workload):  # type: ignore[no-untyped-def]
+def client_for(w: Workload) -> Callable[[int, Workload, int, float], ClientResult]:
     return memcslap if w.kind == "memcache" else redis_benchmark
 
 

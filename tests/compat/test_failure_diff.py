@@ -89,7 +89,7 @@ class Proxies:
     def stats(self, kind: str) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", self.procs[kind].stats_port), timeout=5) as s:
             doc: dict[str, Any] = json.loads(read_until_eof(s, 5))
-        return doc["alpha"]  # type: ignore[no-any-return]
+        return doc["alpha"]
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -131,7 +131,7 @@ def run_steps(steps: list[Step], port: int) -> list[Any]:
 
 
 def both(proxies: Proxies, steps: list[Step], parallel: bool,
-         between: Callable[[], None] | None = None) -> dict[str, list[Any]]:
+         between: Callable[[], object] | None = None) -> dict[str, list[Any]]:
     """Run the steps against each proxy: at once in two threads, or one after the other."""
     out: dict[str, list[Any]] = {}
     if parallel:

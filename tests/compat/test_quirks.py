@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
 from tests.compat.test_memcache_diff import REJECTED as MC_REJECTED
 from tests.compat.test_memcache_diff import stream as mc_stream
@@ -32,9 +33,9 @@ def settle(rig: Rig) -> None:
         assert rig.exchange(b"get " + " ".join(keys).encode() + b"\r\n") == b"END\r\n"
 
 
-def three(**opts: object) -> tuple[Rig, Rig, Rig]:
-    return (Rig("nutcracker", **opts), Rig("keyshard", extra=QUIRKS, **opts),  # type: ignore[arg-type]
-            Rig("keyshard", **opts))  # type: ignore[arg-type]
+def three(**opts: Any) -> tuple[Rig, Rig, Rig]:
+    return (Rig("nutcracker", **opts), Rig("keyshard", extra=QUIRKS, **opts),
+            Rig("keyshard", **opts))
 
 
 def test_bad_request_in_the_same_read_drops_earlier_replies() -> None:
@@ -51,7 +52,7 @@ def test_bad_request_in_the_same_read_drops_earlier_replies() -> None:
                 got.append(rig.exchange(payload + tail))
                 settle(rig)
             if got[0] != got[1]:
-                differences.append(f"seed {seed}: {first_difference(*got)}")
+                differences.append(f"seed {seed}: {first_difference(got[0], got[1])}")
         assert not differences, "\n".join(differences[:3])
         ks.flush_backends()
         assert ks.exchange(resp("SET", "a", "1") + resp("KEYS", "*")) == b"+OK\r\n"
@@ -74,7 +75,7 @@ def test_memcache_bad_request_in_the_same_read() -> None:
                 rig.flush_backends()
                 got.append(rig.exchange(payload + tail))
                 settle(rig)
-            assert got[0] == got[1], f"seed {seed}: {first_difference(*got)}"
+            assert got[0] == got[1], f"seed {seed}: {first_difference(got[0], got[1])}"
         assert ks.exchange(b"set a 0 0 1\r\n1\r\nstats\r\n") == b"STORED\r\n"
     finally:
         for rig in (nut, quirky, ks):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -106,7 +107,7 @@ def encode(cmd: list[str]) -> bytes:
 
 @pytest.fixture(scope="module")
 def rigs() -> Iterator[tuple[Rig, Rig]]:
-    opts = {"hash_tag": '"{}"', "timeout": 3000}
+    opts: dict[str, Any] = {"hash_tag": '"{}"', "timeout": 3000}
     with Rig("nutcracker", **opts) as nut, Rig("keyshard", **opts) as ks:
         yield nut, ks
 

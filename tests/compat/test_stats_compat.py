@@ -61,7 +61,7 @@ def read_doc(port: int) -> bytes:
 
 def ordered(doc: bytes) -> list[tuple[str, Any]]:
     """The document as nested (key, value) lists: order is part of what is compared."""
-    return json.loads(doc, object_pairs_hook=list)  # type: ignore[no-any-return]
+    return json.loads(doc, object_pairs_hook=list)
 
 
 def settled(port: int, timeout: float = 10.0) -> bytes:

@@ -82,7 +82,8 @@ def load(rig: Rig, stop: threading.Event, counts: list[int]) -> None:
 
 def test_scraped_during_load(rig: Rig) -> None:
     port = rig.metrics_port  # type: ignore[attr-defined]
-    stop, counts = threading.Event(), []
+    stop = threading.Event()
+    counts: list[int] = []
     workers = [threading.Thread(target=load, args=(rig, stop, counts)) for _ in range(2)]
     for w in workers:
         w.start()

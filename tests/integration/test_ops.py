@@ -228,6 +228,7 @@ def test_stop_answers_in_flight_requests(slow: SlowServer, sig: signal.Signals) 
         wait_for(lambda: connect_refused(port), timeout=1, what="the listener to close")
         assert read_until_eof(idle, 2) == b""  # an idle client is closed at once
         assert read_until_eof(busy, 10) == b"+SLOW\r\n+SLOW\r\n"  # answered, then closed
+        assert proxy.proc is not None
         assert proxy.proc.wait(10) == 0
         assert time.monotonic() - started < app.STOP_GRACE
         log = lines(proxy.dir / "proxy.log")
@@ -251,6 +252,7 @@ def test_second_signal_skips_the_grace() -> None:
             proxy.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             proxy.send_signal(signal.SIGTERM)
+            assert proxy.proc is not None
             assert proxy.proc.wait(10) == 0
             assert time.monotonic() - started < app.STOP_GRACE / 2
             assert read_until_eof(sock, 2) == b""  # unanswered: closed without a reply

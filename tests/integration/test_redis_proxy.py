@@ -213,7 +213,7 @@ def test_client_that_never_reads_is_bounded(rig: Rig, r: redis.Redis) -> None:
     s.close()
 
 
-def test_auth_and_select(procs) -> None:  # type: ignore[no-untyped-def]
+def test_auth_and_select(procs) -> None:
     with Rig("keyshard", nbackends=2, redis_auth="sesame", redis_db=3) as rig:
         for b in rig.backends:
             b.client().config_set("requirepass", "sesame")
@@ -227,7 +227,7 @@ def test_auth_and_select(procs) -> None:  # type: ignore[no-untyped-def]
         assert exchange(rig.port, resp("AUTH", "x")) == b"-ERR Client sent AUTH, but no password is set\r\n"
 
 
-def test_server_connections_round_robin(procs) -> None:  # type: ignore[no-untyped-def]
+def test_server_connections_round_robin(procs) -> None:
     with Rig("keyshard", nbackends=1, server_connections=3) as rig:
         c = redis_client(rig.port)
         for i in range(30):
@@ -236,13 +236,13 @@ def test_server_connections_round_robin(procs) -> None:  # type: ignore[no-untyp
         assert len(clients) == 3 + 1  # three proxy connections and the one asking
 
 
-def test_preconnect(procs) -> None:  # type: ignore[no-untyped-def]
+def test_preconnect(procs) -> None:
     with Rig("keyshard", nbackends=2, preconnect=True, server_connections=3) as rig:
         time.sleep(0.3)
         assert [len(b.client().client_list()) for b in rig.backends] == [2, 2]
 
 
-def test_unix_socket_backend(procs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unix_socket_backend(procs, tmp_path) -> None:
     sock = tmp_path / "r.sock"
     backend = procs(RedisServer(None, "--unixsocket", str(sock), "--unixsocketperm", "700").start())
     from tests.support.procs import Keyshard, free_port, pool_yaml

@@ -55,7 +55,7 @@ def rss_kb(pid: int) -> int:
 def stats(proxy: Keyshard) -> dict[str, Any]:
     with socket.create_connection(("127.0.0.1", proxy.stats_port), timeout=5) as s:
         doc: dict[str, Any] = json.loads(read_until_eof(s, 5))
-    return doc["alpha"]  # type: ignore[no-any-return]
+    return doc["alpha"]
 
 
 class Load:
@@ -174,7 +174,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 def settle(proxy: Keyshard) -> None:

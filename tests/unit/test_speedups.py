@@ -14,8 +14,9 @@ import inspect
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -151,7 +152,7 @@ def test_requests_are_built_slot_by_slot_like_the_class(fields: tuple[Any, ...])
     assert repr(fast) == repr(Request(*fields)) == repr(PyRequest(*fields))
     assert _slots(Request(*fields)) == _slots(PyRequest(*fields))
     with pytest.raises(AttributeError):
-        fast.stray = 1  # type: ignore[attr-defined]  # fixed fields, as the slots class
+        fast.stray = 1  # fixed fields, as the slots class
 
 
 @needs_ext
@@ -484,8 +485,10 @@ def test_routers_agree(dist: str, hash_name: str, tag: bytes | None, n: int,
     if not any(live):
         live[0] = True
     cont = build_continuum(dist, _servers(n, weights), live)
-    make = {"ketama": (_speedups.ketama_router, pool._py_ketama_router),
-            "modula": (_speedups.modula_router, pool._py_modula_router)}[dist]
+    routers: dict[str, tuple[Any, Callable[..., pool.Router]]] = {
+        "ketama": (_speedups.ketama_router, pool._py_ketama_router),
+        "modula": (_speedups.modula_router, pool._py_modula_router)}
+    make = routers[dist]
     for fn in {hashing.HASHES[hash_name], hashing.PY_HASHES[hash_name]}:
         compiled = make[0](cont, fn, tag)
         pure = make[1](cont, hashing.PY_HASHES[hash_name], tag)
@@ -500,7 +503,7 @@ def test_router_with_a_python_hash_and_an_empty_continuum() -> None:
         calls.append(key)
         return len(key) * 1000003 & 0xFFFFFFFF
 
-    cont = build_continuum("ketama", _servers(3, [1]), [True] * 3)
+    cont = cast(KetamaContinuum, build_continuum("ketama", _servers(3, [1]), [True] * 3))
     route = _speedups.ketama_router(cont, odd_hash, b"{}")
     pure = pool._py_ketama_router(cont, odd_hash, b"{}")
     for key in (b"", b"a{bc}d", b"{}", b"x" * 50):
@@ -518,7 +521,7 @@ def test_ketama_buckets_agree_at_every_point_edge(n: int) -> None:
     def as_hash(key: bytes) -> int:
         return int.from_bytes(key, "big")
 
-    cont = build_continuum("ketama", _servers(n, [1]), [True] * n)
+    cont = cast(KetamaContinuum, build_continuum("ketama", _servers(n, [1]), [True] * n))
     compiled = _speedups.ketama_router(cont, as_hash, None)
     pure = pool._py_ketama_router(cont, as_hash, None)
     hashes = {0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 1 << 31}
@@ -744,7 +747,7 @@ def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:
         declared = {n for n in dir(cls.__mro__[1]) if not n.startswith("_")}
         assert declared == set(names)
         with pytest.raises(AttributeError):
-            obj.stray = 1  # type: ignore[attr-defined]
+            obj.stray = 1  # type: ignore[union-attr]
     # the references' annotations (for the type checker) are the table's counters, in order,
     # and only annotations: the slots stay the storage
     for ref, names in ((stats.PyPoolCounters, stats.POOL_COUNTERS),

@@ -136,6 +136,10 @@ cdef object parser_feed(object parser, object data):
         return (<RedisRequestParser>parser).feed(data)
     if type(parser) is RedisReplyParser:
         return (<RedisReplyParser>parser).feed(data)
+    if type(parser) is _mc_request_type:  # the compiled memcache framers: their feed, as a C call
+        return _mc_feed(parser, data, True)
+    if type(parser) is _mc_reply_type:
+        return _mc_feed(parser, data, False)
     return parser.feed(data)
 
 

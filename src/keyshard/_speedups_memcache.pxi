@@ -23,6 +23,8 @@ cdef int _KIND_QUIT = _base.KIND_QUIT
 cdef object _MC_VERBS = (b"get", b"gets", b"set", b"add", b"replace", b"append", b"prepend")
 cdef tuple _MC_LINES = ()  # memcache.LINE_REPLIES
 cdef tuple _MC_TEXT = ()  # memcache.TEXT_PREFIXES
+cdef object _mc_request_type = None  # memcache_framers' classes whose `feed` is `_mc_feed`
+cdef object _mc_reply_type = None
 
 
 cdef class FramerFields:
@@ -342,7 +344,7 @@ def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
     """(MemcacheRequestParser, MemcacheReplyParser) whose `_parse` is compiled, and `feed`
     too when their state is the compiled `FramerFields`: subclasses of the reference classes
     given, which keep every other method."""
-    global _MC_LINES, _MC_TEXT
+    global _MC_LINES, _MC_TEXT, _mc_request_type, _mc_reply_type
     _MC_LINES = tuple(sorted(line_replies))
     _MC_TEXT = tuple(text_prefixes)
     made = []
@@ -357,4 +359,8 @@ def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
                        "keyshard._speedups)",
             **methods,
         }))
+    if "feed" in made[0].__dict__:  # parser_feed calls _mc_feed for exactly these classes
+        _mc_request_type = made[0]
+    if "feed" in made[1].__dict__:
+        _mc_reply_type = made[1]
     return tuple(made)

@@ -89,6 +89,16 @@ def test_large_values(mc: Client) -> None:
         assert mc.get(f"big{size}") == b"v" * size
 
 
+def test_pipelined_large_sets_arrive_whole(rig: Rig, mc: Client) -> None:
+    """Sets of a few KB to 45 KB pipelined in one stream, several to a memcached per write:
+    each stored whole."""
+    values = {b"pl%d" % i: bytes([97 + i % 26]) * (2000 + 731 * i) for i in range(60)}
+    stream = b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(v), v) for k, v in values.items())
+    assert exchange(rig.port, stream) == b"STORED\r\n" * len(values)
+    assert mc.get_many(list(values)) == values
+    assert mc.gets(b"pl7")[0] == values[b"pl7"]
+
+
 def test_stream_cut_at_every_byte(rig: Rig) -> None:
     stream = b"set c 5 0 3\r\nabc\r\nget c x c\r\nincr n 1\r\n"
     expected = b"STORED\r\nVALUE c 5 3\r\nabc\r\nVALUE c 5 3\r\nabc\r\nEND\r\nNOT_FOUND\r\n"

@@ -118,6 +118,24 @@ def test_pipeline_spanning_servers_keeps_order(r: redis.Redis) -> None:
         assert out[4 * i + 2] == [str(i).encode(), str(i // 2).encode(), None]
 
 
+def test_pipelined_large_values_arrive_whole(r: redis.Redis) -> None:
+    """Large requests pipelined in one stream: several to a server per write, past what one
+    write takes (partial writes, resumed), and back in order, whole."""
+    values = {f"big{i}": bytes([97 + i % 26]) * (3000 + 997 * i) for i in range(120)}
+    pipe = r.pipeline(transaction=False)
+    for key, value in values.items():
+        pipe.set(key, value)
+    assert pipe.execute() == [True] * len(values)
+    pipe = r.pipeline(transaction=False)
+    for key in values:
+        pipe.get(key)
+        pipe.strlen(key)
+    out = pipe.execute()
+    assert out[0::2] == list(values.values())
+    assert out[1::2] == [len(v) for v in values.values()]
+    assert r.mget(list(values)) == list(values.values())
+
+
 def test_local_commands(rig: Rig) -> None:
     got = exchange(rig.port, resp("PING") + resp("SET", "q", "1") + resp("QUIT") + resp("GET", "q"))
     assert got == b"+PONG\r\n+OK\r\n"

@@ -334,17 +334,15 @@ cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) ex
     cdef Py_ssize_t before = len(outq), nbytes = 0, paired
     cdef object last = None
     cdef list clients = []  # batched owners answered in this read, drained once each below
+    cdef bint bad = False
     popleft = outq.popleft
     is_failure = self.codec.is_failure_reply
     self.swallowed = 0
     for reply in replies:
         # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
         if not outq or (reply[0] == 45 and is_failure(reply)):
-            paired = before - len(outq)
-            _count_responses(self.stats, paired, nbytes)
-            _drain_all(clients)
-            self.bad_reply(paired)
-            return -1
+            bad = True
+            break
         req = popleft()
         nbytes += len(reply)
         _set(req, O_REPLY, reply, "reply")
@@ -361,6 +359,9 @@ cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) ex
     paired = before - len(outq)
     _count_responses(self.stats, paired, nbytes)
     _drain_all(clients)
+    if bad:
+        self.bad_reply(paired)
+        return -1
     return paired
 
 

@@ -240,15 +240,12 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
         nbytes = 0
         last = None
         clients: list[ClientConn] = []  # batched owners answered in this read, drained once each
+        bad = False
         for reply in replies:
             # a reply nobody asked for, or a failure reply (-LOADING...): 45 is "-"
             if not outq or (reply[0] == 45 and is_failure(reply)):
-                stats.responses += before - len(outq)
-                stats.response_bytes += nbytes
-                for client in clients:
-                    client.drain()
-                self.bad_reply(before - len(outq))
-                return -1
+                bad = True
+                break
             req = outq.popleft()
             nbytes += len(reply)
             req.reply = reply
@@ -259,11 +256,15 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
                     clients.append(owner)
             else:
                 owner.req_done(req)
-        stats.responses += before - len(outq)
+        paired = before - len(outq)
+        stats.responses += paired
         stats.response_bytes += nbytes
         for client in clients:
             client.drain()
-        return before - len(outq)
+        if bad:
+            self.bad_reply(paired)
+            return -1
+        return paired
 
     def bad_reply(self, paired: int) -> None:
         if paired > self.swallowed:

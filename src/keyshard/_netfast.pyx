@@ -125,7 +125,7 @@ cdef object _py_drain = None
 cdef class _Dest:
     """A server's ready connection during one `dispatch` (no timeout): its queues and the
     requests counted for its slot but not yet added to `slot.stats`."""
-    cdef object stats, outq_append
+    cdef object stats, outq
     cdef ServerFields conn
     cdef list wbuf
     cdef Py_ssize_t nreq, nbytes
@@ -250,7 +250,7 @@ cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssiz
     d.nbytes += len(raw)
     _set(req, O_SERVER, d.conn, "server")
     if not noreply:
-        d.outq_append(req)
+        d.outq.append(req)
     PyList_Append(d.wbuf, raw)
     return F_USED
 
@@ -293,14 +293,14 @@ cdef _Dest _new_dest(ServerFields conn, object stats, object req, object raw, ob
     d.nreq = 1
     d.nbytes = len(raw)
     _set(req, O_SERVER, conn, "server")
-    outq_append = conn.outq.append
+    outq = conn.outq
     if not noreply:
-        outq_append(req)
+        outq.append(req)  # a method call, not a bound method made per destination
     wbuf = conn.wbuf
     PyList_Append(wbuf, raw)
     if not conn.dirty:
         _mark(conn)
-    d.outq_append = outq_append
+    d.outq = outq
     d.wbuf = wbuf
     return d
 

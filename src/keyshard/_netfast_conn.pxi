@@ -94,17 +94,19 @@ cdef class Flusher:
     cdef public object loop
     cdef public list dirty
     cdef public bint scheduled
+    cdef object _flush  # self.flush, made once (a bound method per loop iteration is a cost)
 
     def __init__(self, loop):
         self.loop = loop
         self.dirty = []
         self.scheduled = False
+        self._flush = self.flush
 
     cpdef mark(self, conn):
         PyList_Append(self.dirty, conn)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._flush)
 
     def flush(self):
         self.scheduled = False

@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated workload names or globs")
     ap.add_argument("--proxies", default="nutcracker,keyshard",
                     help="comma-separated, the first is the baseline of the ratios "
-                         "(nutcracker,nutcracker is a sanity check: ratios near 1.0)")
+                         "(nutcracker,nutcracker is a sanity check: ratios near 1.0); "
+                         "keyshard=DIR runs the keyshard of another tree (a checkout or its "
+                         "src/, extensions built in place), e.g. a worktree of an older "
+                         "commit, to compare two builds in one interleaved run")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")
@@ -58,10 +61,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= a.reps <= 20 or not 0.2 <= a.seconds <= 60 or not 1 <= a.idle_conns <= 10000:
         ap.error("--reps must be 1..20, --seconds 0.2..60, --idle-conns 1..10000")
     a.workloads = select_workloads(a.only, ap)
-    a.kinds = [k.strip() for k in a.proxies.split(",") if k.strip()]
-    if not a.kinds or any(k not in ("nutcracker", "keyshard") for k in a.kinds):
-        ap.error("--proxies takes nutcracker and/or keyshard")
+    try:
+        a.kinds, a.srcs = proxy_specs(a.proxies)
+    except ValueError as err:
+        ap.error(str(err))
     return a
+
+
+def proxy_specs(text: str) -> tuple[list[str], list[Path | None]]:
+    """`--proxies`: the kinds, and for each the keyshard source tree to run (None: this one)."""
+    kinds: list[str] = []
+    srcs: list[Path | None] = []
+    for spec in (s.strip() for s in text.split(",")):
+        if not spec:
+            continue
+        kind, eq, where = spec.partition("=")
+        if kind not in ("nutcracker", "keyshard") or (eq and kind != "keyshard"):
+            raise ValueError(f"--proxies takes nutcracker, keyshard or keyshard=DIR, not {spec!r}")
+        src = None
+        if eq:
+            root = Path(where).expanduser().resolve()
+            src = root / "src" if (root / "src" / "keyshard").is_dir() else root
+            if not (src / "keyshard" / "__init__.py").is_file():
+                raise ValueError(f"{where!r} holds no keyshard package (nor src/keyshard)")
+        kinds.append(kind)
+        srcs.append(src)
+    if not kinds:
+        raise ValueError("--proxies names no proxy")
+    return kinds, srcs
 
 
 def select_workloads(only: str, ap: argparse.ArgumentParser) -> list[Workload]:
@@ -110,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends = start_backends(logs)
         _prefill(backends)
-        proxies = [Proxy(k, lab, logs, backends) for k, lab in zip(a.kinds, labels)]
+        proxies = [Proxy(k, lab, logs, backends, src=src)
+                   for k, lab, src in zip(a.kinds, labels, a.srcs)]
         for p in proxies:
             _ensure_running(p)
         _run_all(a, backends, proxies, results, meta)
@@ -228,7 +256,10 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
-        "proxies": labels, "reps": a.reps, "seconds": a.seconds, "quick": a.quick,
+        "proxies": labels, "reps": a.reps,
+        "sources": {lab: f"{src}, commit "
+                         + out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
+                    for lab, src in zip(labels, a.srcs) if src is not None}, "seconds": a.seconds, "quick": a.quick,
         "pinned": a.pin,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,

@@ -181,6 +181,7 @@ class Proxy:
     label: str                    # unique name in the report ("nutcracker", "nutcracker-2")
     log_dir: Path
     backends: Backends
+    src: Path | None = None       # keyshard: the source tree to import (None: this checkout's)
     redis_port: int = field(default_factory=free_port)
     mc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
@@ -201,7 +202,8 @@ class Proxy:
         if self.kind == "nutcracker":
             return None
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+        src = self.src if self.src is not None else ROOT / "src"
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
     def start(self) -> None:

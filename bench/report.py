@@ -166,7 +166,9 @@ def _sharing(meta: dict[str, Any]) -> str:
 
 
 def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
-    legend = ", ".join(f"{short(p)} = {p}" for p in labels)
+    sources = meta.get("sources") or {}
+    legend = ", ".join(f"{short(p)} = {p}" + (f" (from {sources[p]})" if p in sources else "")
+                       for p in labels)
     return (f"## keyshard benchmark — {meta.get('date', '')}\n\n"
             f"Medians of {meta.get('reps')} interleaved run(s) per cell; {legend}; "
             f"ratios are against {labels[0]} (rps: higher is better, CPU/request: lower is "

@@ -6,6 +6,7 @@ redis-benchmark 7.0.15, memcslap 1.1 (libmemcached 1.1.4), Linux /proc of nutcra
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -298,3 +299,20 @@ def test_cpu_table_model_and_bound() -> None:
                       for p in ("nutcracker", "keyshard")}}
     assert "Where the machine's CPU went" not in markdown(
         summarize(plain), [w], ["nutcracker", "keyshard"], {})
+
+
+def test_proxy_specs_name_another_keyshard_tree(tmp_path: Path) -> None:
+    """`--proxies keyshard=DIR` runs the keyshard of another checkout (or its src/)."""
+    from bench.cli import labels_for, proxy_specs
+
+    (tmp_path / "src" / "keyshard").mkdir(parents=True)
+    (tmp_path / "src" / "keyshard" / "__init__.py").write_text("")
+    kinds, srcs = proxy_specs(f"keyshard={tmp_path}, keyshard")
+    assert kinds == ["keyshard", "keyshard"]
+    assert srcs == [tmp_path.resolve() / "src", None]
+    assert labels_for(kinds) == ["keyshard", "keyshard-2"]
+    assert proxy_specs(f"nutcracker,keyshard={tmp_path / 'src'}")[1] == [
+        None, tmp_path.resolve() / "src"]
+    for bad in ("", "redis", f"nutcracker={tmp_path}", f"keyshard={tmp_path / 'none'}"):
+        with pytest.raises(ValueError):
+            proxy_specs(bad)

@@ -50,7 +50,9 @@ redis-servers, memcached and the proxy all share two cores, so requests/s measur
 system, not the proxy alone: a proxy that uses more CPU also takes it from the client and the
 backends, and a proxy close to nutcracker in rps may still cost more CPU. Ratios between the
 proxies are meaningful; absolute numbers are not comparable with other machines. Run it on an
-otherwise idle machine; `--proxies nutcracker,nutcracker` shows the noise floor (ratios near 1).
+otherwise idle machine; `--proxies nutcracker,nutcracker` shows the noise floor (ratios near 1),
+and `--proxies keyshard=DIR,keyshard` compares another keyshard tree (a worktree of an older
+commit, its extensions built in place) with this one in the same interleaved run.
 
 Outputs: a Markdown table on stdout and in bench/out/results.md, bench/out/results.json (every
 run and the medians), bench/out/results.png (requests/s and CPU µs/request per workload), and

@@ -20,8 +20,11 @@ Workloads (`--only` takes these names or globs):
                                   over one connection, and those requests count in CPU/request)
 
 Method.
-- Interleaving: for each workload, runs alternate between the proxies (nut, ks, nut, ks, ...),
-  three repetitions by default, so drift of the machine over time hits both alike. Each cell
+- Interleaving: for each workload, runs alternate between the proxies, three repetitions by
+  default, and the order flips each repetition (nut, ks, ks, nut, nut, ks): drift of the
+  machine over time hits both alike, and neither proxy always runs second (in two-proxy
+  runs of one build against another, the second run of a pair was behind by ~2% on
+  average). Each cell
   of the table is the median of the repetitions; the chart's whiskers show min and max.
   Ratios are of the medians; in brackets, the range of the per-repetition ratios (each from
   two runs adjacent in time): a range that straddles 1.0 means "no difference measured".

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bench
 from bench import fleet, machine, report, workloads
@@ -164,7 +164,7 @@ def _run_all(a: argparse.Namespace, backends: Backends, proxies: list[Proxy],
         n = _choose_n(w, warm_n, proxies, a.seconds, timeout, meta, others)
         per = results.setdefault(w.name, {p.label: [] for p in proxies})
         for rep in range(a.reps):
-            for p in proxies:
+            for p in run_order(proxies, rep):
                 done += 1
                 if not _ensure_running(p):
                     run = Run(w.name, p.label, n, error=p.start_error)
@@ -173,6 +173,14 @@ def _run_all(a: argparse.Namespace, backends: Backends, proxies: list[Proxy],
                 per[p.label].append(run)
                 print(f"[{done}/{total}] {w.name} rep {rep + 1}/{a.reps} {p.label}: "
                       f"{_brief(run)}", flush=True)
+
+
+T = TypeVar("T")
+
+
+def run_order(proxies: list[T], rep: int) -> list[T]:
+    """The proxies in the order of repetition `rep`: as given, then reversed, and so on."""
+    return proxies if rep % 2 == 0 else proxies[::-1]
 
 
 def _choose_n(w: Workload, warm_n: int, proxies: list[Proxy], seconds: float, timeout: float,

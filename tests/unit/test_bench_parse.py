@@ -316,3 +316,12 @@ def test_proxy_specs_name_another_keyshard_tree(tmp_path: Path) -> None:
     for bad in ("", "redis", f"nutcracker={tmp_path}", f"keyshard={tmp_path / 'none'}"):
         with pytest.raises(ValueError):
             proxy_specs(bad)
+
+
+def test_run_order_flips_each_repetition() -> None:
+    """Neither proxy always runs second: A B, B A, A B, ..."""
+    from bench.cli import run_order
+
+    orders = [run_order(["nut", "ks"], rep) for rep in range(4)]
+    assert orders == [["nut", "ks"], ["ks", "nut"], ["nut", "ks"], ["ks", "nut"]]
+    assert run_order(["a", "b", "c"], 1) == ["c", "b", "a"]

@@ -34,6 +34,7 @@ def test_every_command(mc: Client) -> None:
     assert mc.prepend("b", b"0", noreply=False) is True
     assert mc.get("b") == b"034"
     value, cas = mc.gets("b")
+    assert value == b"034"
     assert mc.cas("b", b"x", cas, noreply=False) is True
     assert mc.cas("b", b"y", cas, noreply=False) is False
     assert mc.incr("n", 1) is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from tests.support.procs import Keyshard, Memcached, Nutcracker, RedisServer, free_port, pool_yaml
 
@@ -55,7 +55,7 @@ class Rig:
         for b in self.backends:
             b.cleanup()
 
-    def __enter__(self) -> Rig:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

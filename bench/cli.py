@@ -264,10 +264,10 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": out(["git", "rev-parse", "--short", "HEAD"]),
-        "proxies": labels, "reps": a.reps,
+        "proxies": labels, "reps": a.reps, "seconds": a.seconds, "quick": a.quick,
         "sources": {lab: f"{src}, commit "
                          + out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
-                    for lab, src in zip(labels, a.srcs) if src is not None}, "seconds": a.seconds, "quick": a.quick,
+                    for lab, src in zip(labels, a.srcs) if src is not None},
         "pinned": a.pin,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,

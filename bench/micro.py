@@ -41,7 +41,13 @@ WORKLOADS: dict[str, tuple[bool, Callable[[int], bytes], Callable[[Any], bytes]]
                lambda req: b"VALUE %s 0 3\r\nabc\r\nEND\r\n" % req.key),
     "mc_set": (False, lambda i: b"set %s 0 0 112\r\n%s\r\n" % (_key(i, 46), b"v" * 112),
                lambda req: b"STORED\r\n"),
+    "get_p16": (True, lambda i: b"".join(_cmd(b"GET", _key(i * 16 + j)) for j in range(16)),
+                lambda req: b"$3\r\nabc\r\n"),
+    "set_p16": (True, lambda i: b"".join(_cmd(b"SET", _key(i * 16 + j), b"abc")
+                                         for j in range(16)),
+                lambda req: b"+OK\r\n"),
 }
+DEPTH = {"get_p16": 16, "set_p16": 16}  # requests in one client read (1 if not named)
 
 
 class _Sink:
@@ -99,7 +105,7 @@ def measure(name: str, rounds: int) -> float:
         for _ in range(rounds):
             one_round()
         best = min(best, time.perf_counter() - start)
-    return best / rounds / CLIENTS * 1e9
+    return best / rounds / (CLIENTS * DEPTH.get(name, 1)) * 1e9
 
 
 def main(argv: list[str] | None = None) -> int:

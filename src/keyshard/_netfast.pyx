@@ -36,6 +36,7 @@ Rule 5: the twins call each other as C functions, not through the methods they a
 
 import errno
 import os
+from collections import deque
 
 cimport cython
 from cpython.list cimport PyList_Append
@@ -49,6 +50,10 @@ cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
 cdef object ECONNREFUSED = os.strerror(errno.ECONNREFUSED)
 cdef object KIND_FORWARD = _base.KIND_FORWARD
 cdef object KIND_SPLIT = _base.KIND_SPLIT
+# A server's outq is a deque (keyshard.net.server): its methods called as the type's
+# descriptors, neither looked up nor bound per call
+cdef object _deque_append = deque.append
+cdef object _deque_popleft = deque.popleft
 
 # --------------------------------------------------------------------------------------------
 # Request fields (Rule 2)
@@ -250,7 +255,7 @@ cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssiz
     d.nbytes += len(raw)
     _set(req, O_SERVER, d.conn, "server")
     if not noreply:
-        d.outq.append(req)
+        _deque_append(d.outq, req)
     PyList_Append(d.wbuf, raw)
     return F_USED
 
@@ -295,7 +300,7 @@ cdef _Dest _new_dest(ServerFields conn, object stats, object req, object raw, ob
     _set(req, O_SERVER, conn, "server")
     outq = conn.outq
     if not noreply:
-        outq.append(req)  # a method call, not a bound method made per destination
+        _deque_append(outq, req)
     wbuf = conn.wbuf
     PyList_Append(wbuf, raw)
     if not conn.dirty:
@@ -335,7 +340,6 @@ cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) ex
     cdef object last = None
     cdef list clients = []  # batched owners answered in this read, drained once each below
     cdef bint bad = False
-    popleft = outq.popleft
     is_failure = self.codec.is_failure_reply
     self.swallowed = 0
     for reply in replies:
@@ -343,7 +347,7 @@ cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) ex
         if not outq or (reply[0] == 45 and is_failure(reply)):
             bad = True
             break
-        req = popleft()
+        req = _deque_popleft(outq)
         nbytes += len(reply)
         _set(req, O_REPLY, reply, "reply")
         owner = _get(req, O_OWNER, "owner")

@@ -199,7 +199,7 @@ cdef inline bint _send_fragment(RuntimeFields self, SplitOwner owner, Request fr
         return True
     # conn.send(frag), inlined for a connection without a timeout
     _set(frag, O_SERVER, conn, "server")
-    conn.outq.append(frag)
+    _deque_append(conn.outq, frag)
     PyList_Append(conn.wbuf, raw)
     if not conn.dirty:
         _mark(conn)

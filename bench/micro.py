@@ -4,10 +4,10 @@ No sockets and no event loop: 50 clients and two servers of one pool are driven 
 fake loop and transports of the unit tests (tests/unit/test_speedups.py). One round: each
 client reads one request (16 at once for the `_p16` workloads), the loop runs (flushes to
 the servers), each server reads the replies to what it was sent, the loop runs (flushes to
-the clients). What is timed is the
-proxy's user-space work per request (framing, routing, split and merge, pairing, flushing)
-plus a small constant for the fakes; the kernel and uvloop are left out on purpose, so a
-change of tens of nanoseconds shows, where `make bench` cannot see under a few percent.
+the clients). What is timed is the proxy's user-space work per request (framing, routing,
+split and merge, pairing, flushing) plus a small constant for the fakes; the kernel and
+uvloop are left out on purpose, so a change of tens of nanoseconds shows, where `make bench`
+cannot see under a few percent.
 
 Rule 1: a figure, never an assertion; run it in both modes to compare
         (`KEYSHARD_NO_EXTENSIONS=1 python -m bench.micro`).

@@ -39,6 +39,7 @@ import os
 from collections import deque
 
 cimport cython
+from libc.math cimport INFINITY
 from cpython.list cimport PyList_Append
 
 from keyshard._speedups cimport (
@@ -151,11 +152,18 @@ cdef int _settle(list dests) except -1:
     return 0
 
 
-cdef inline object _pool_router(object pool, object now):
-    """`pool.router(now)` (keyshard.pool.ServerPool), its common case inlined: no rebuild due."""
-    if now > pool._next_rebuild:
-        return pool.router(now)
-    return pool._router
+cdef inline object _pool_router(RuntimeFields self, object pool, object now):
+    """`pool.router(now)` (keyshard.pool.ServerPool), its common case inlined: no rebuild
+    pending (`_next_rebuild` is inf, and `now > inf` is false whatever the time), so the
+    loop's clock is not read. `now` is None until the caller has read it."""
+    cdef PoolFields fields
+    if isinstance(pool, PoolFields):
+        fields = <PoolFields>pool
+        if fields._next_rebuild == INFINITY:
+            return fields._router
+    elif pool._next_rebuild == INFINITY:
+        return pool._router
+    return pool.router(self.loop.time() if now is None else now)
 
 
 def dispatch(RuntimeFields self, ClientFields client, reqs):
@@ -168,7 +176,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
         return _observed(self, client, reqs)
     cdef list queue = client.queue
     cdef _Router router = None
-    now = self.loop.time()
+    now = None  # the loop's time, read only if a rebuild is pending (_pool_router)
     route = None
     cdef bint authenticated = client.authenticated
     cdef list dests = [None] * len(self.slots)  # idx -> _Dest, while no Python code ran since
@@ -182,7 +190,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                 if not noreply:
                     PyList_Append(queue, req)
                 if route is None:
-                    route = _pool_router(self.pool, now)
+                    route = _pool_router(self, self.pool, now)
                     router = _router_of(route)
                 used = _forward(self, req, noreply, _route(router, route, _get(req, O_KEY, "key")),
                                 dests, used)
@@ -448,8 +456,22 @@ def client_data_received(ClientFields self, data):
             _dispatch(<RuntimeFields>runtime, self, reqs)
         else:
             runtime.dispatch(self, reqs)
-    if len(self.queue) > self.max_pending and not self.read_paused:
+    if len(self.queue) > _max_pending(self) and not self.read_paused:
         self.pause_reading()
+
+
+cdef object _mp_type = None
+cdef Py_ssize_t _mp = 0
+
+
+cdef inline Py_ssize_t _max_pending(ClientFields client) except -1:
+    """`client.max_pending`, a class attribute (the fields have no slot for it): read from the
+    client's type once per type, not looked up along its MRO per read."""
+    global _mp_type, _mp
+    cls = type(client)
+    if cls is not _mp_type:
+        _mp, _mp_type = cls.max_pending, cls
+    return _mp
 
 # --------------------------------------------------------------------------------------------
 # Writer.flush

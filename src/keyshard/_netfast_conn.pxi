@@ -35,6 +35,12 @@ cdef class RuntimeFields:
     cdef dict __dict__
 
 
+cdef class PoolFields:
+    """Twin of `keyshard.net.fields.PoolFields` (keyshard.pool.ServerPool's base)."""
+    cdef public double _next_rebuild
+    cdef public object _router, _group
+
+
 cdef class SlotFields:
     """Twin of `keyshard.net.fields.SlotFields` (ServerSlot keeps a `__dict__` for the rest)."""
     cdef public object ready, stats
@@ -127,7 +133,16 @@ cdef class Flusher:
                 conn.flush()
 
 
+# A transport's `is_closing` and `write` as its type's attributes, fetched once per type
+# (uvloop's are method descriptors, and its transports have no instance attributes): called
+# with the transport as the first argument, neither looked up nor bound per flush.
+cdef object _t_type = None
+cdef object _t_closing = None
+cdef object _t_write = None
+
+
 cdef int _writer_flush(ConnFields self) except -1:
+    global _t_type, _t_closing, _t_write
     self.dirty = False
     cdef list wbuf = self.wbuf
     if not wbuf:
@@ -136,7 +151,11 @@ cdef int _writer_flush(ConnFields self) except -1:
     if transport is None:
         return 0  # not connected yet: connection_made flushes
     self.wbuf = []
-    if transport.is_closing():
+    cls = type(transport)
+    if cls is not _t_type:
+        _t_closing, _t_write, _t_type = cls.is_closing, cls.write, cls
+    write = _t_write  # is_closing might flush a transport of another type
+    if _t_closing(transport):
         return 0
-    transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+    write(transport, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
     return 0

@@ -136,7 +136,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
     if _SWALLOW is None:
         _split_imports()
     pool = self.pool
-    group = pool._group  # pool.grouper(), inlined
+    group = (<PoolFields>pool)._group if isinstance(pool, PoolFields) else pool._group  # grouper()
     frags, ctx = self.codec.split(req, group)
     cdef Request preq = <Request?>req  # the compiled class is in use wherever this twin is
     preq.ctx = ctx
@@ -145,7 +145,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
     cdef list order = _server_order(frag_list)
     owner.order = order
     # pool.route(key, now) per fragment: the rebuild check once, again after a failure
-    route = _pool_router(pool, now)
+    route = _pool_router(self, pool, now)
     cdef list firsts = None
     cdef Py_ssize_t idx
     cdef Request frag
@@ -161,7 +161,7 @@ cdef int _split(RuntimeFields self, object req, object now) except -1:
                 firsts = _first_keys(preq, ctx)
             idx = _route(_router_of(route), route, firsts[<Py_ssize_t>p])
         if not _send_fragment(self, owner, frag, idx):
-            route = pool.router(now)  # a server may be ejected
+            route = _pool_router(self, pool, now)  # a server may be ejected
     owner.splitting = False
     return 0
 

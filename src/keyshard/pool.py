@@ -52,6 +52,7 @@ from keyshard.distribution import (
     build_continuum,
 )
 from keyshard.hashing import HASHES, HashFunc, hash_tag_key
+from keyshard.net.fields import PoolFields
 
 __all__ = ["Router", "Server", "ServerPool"]
 
@@ -132,17 +133,15 @@ def _generic_router(cont: Continuum, hash_fn: HashFunc, tag: bytes | None) -> Ro
     return route
 
 
-class ServerPool:
-    """Key placement and ejection for one pool (module docstring)."""
+class ServerPool(PoolFields):
+    """Key placement and ejection for one pool (module docstring); the router and when a
+    rebuild is due are its `PoolFields`, C struct members when the compiled twin is in use."""
 
     __slots__ = (
         "_failure_limit",
-        "_group",
         "_hash",
-        "_next_rebuild",
         "_retry_timeout",
         "_rng",
-        "_router",
         "_tag",
         "auto_eject",
         "conf",
@@ -169,8 +168,8 @@ class ServerPool:
         self.nlive = 0
         self.continuum: Continuum | None = None
         self._next_rebuild = math.inf  # earliest pending next_retry; inf = nothing pending
-        self._router: Router = _refuse
-        self._group: Router = _refuse
+        self._router = _refuse
+        self._group = _refuse
         self._update(0.0)
 
     # -- the hot path -----------------------------------------------------------------------

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -564,6 +565,7 @@ def test_net_twins_selected() -> None:
     assert (fields.ServerFields is not fields.PyServerFields) == compiled
     assert (fields.RuntimeFields is not fields.PyRuntimeFields) == compiled
     assert (fields.SlotFields is not fields.PySlotFields) == compiled
+    assert (fields.PoolFields is not fields.PyPoolFields) == compiled
     assert (stats.ServerCounters is not stats.PyServerCounters) == compiled
     assert (stats.PoolCounters is not stats.PyPoolCounters) == compiled
     assert (memcache.FramerFields is not memcache.PyFramerFields) == compiled
@@ -573,6 +575,7 @@ def test_net_twins_selected() -> None:
     assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)
     assert issubclass(client.ClientConn, fields.ClientFields)
     assert issubclass(server.ServerConn, fields.ServerFields)
+    assert issubclass(pool.ServerPool, fields.PoolFields)
     if compiled:
         assert _netfast is not None and _netfast.request_slots_direct()
         assert runtime.PoolRuntime.dispatch is _netfast.dispatch
@@ -584,7 +587,7 @@ def test_field_annotations_are_the_slots() -> None:
     from keyshard.net import fields
 
     for ref in (fields.PyConnFields, fields.PyClientFields, fields.PyServerFields,
-                fields.PyRuntimeFields, fields.PySlotFields):
+                fields.PyRuntimeFields, fields.PySlotFields, fields.PyPoolFields):
         slots = tuple(name for name in ref.__slots__ if name != "__dict__")
         assert tuple(inspect.get_annotations(ref)) == slots, ref
         assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in slots), ref
@@ -637,8 +640,8 @@ def _cmd(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def _runtime(nservers: int, connected: bool = True,
-             redis: bool = True) -> tuple[Any, _Loop, list[Any]]:
+def _runtime(nservers: int, connected: bool = True, redis: bool = True,
+             loop: _Loop | None = None) -> tuple[Any, _Loop, list[Any]]:
     """A pool runtime (redis, or memcache) on a fake loop; with `connected`, each server has
     one ready connection over a fake transport. Flusher is looked up at call time (tests swap
     it). bench/micro.py drives it too."""
@@ -651,7 +654,7 @@ def _runtime(nservers: int, connected: bool = True,
                           port=7000 + i, weight=1, is_unix=False) for i in range(nservers)]
     conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
                     listen_port=22121, redis=redis, servers=servers)
-    loop = _Loop()
+    loop = loop or _Loop()
     rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
     conns = []
     for slot in rt.slots if connected else []:
@@ -783,6 +786,59 @@ def test_connections_have_declared_fields_only() -> None:
     server = ServerConn(rt, rt.slots[0])
     server.swallowed += 1
     assert server.swallowed == 1 and server.timeout == 0.0
+
+
+class _Clock(_Loop):
+    """A fake loop whose clock is set by the test and counts its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1.0
+        self.reads = 0
+
+    def time(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+@pytest.mark.parametrize("mget", [False, True])
+def test_dispatch_rebuilds_once_a_retry_is_due(mget: bool) -> None:
+    """In both modes: the routing of a read rebuilds the continuum once an ejected server's
+    retry is due (the reference reads the clock per read; the compiled dispatch only while a
+    rebuild is pending), for a forwarded request and for a split one alike."""
+    from keyshard.net.client import ClientConn
+
+    clock = _Clock()
+    rt, _, conns = _runtime(2, loop=clock)
+    placement = rt.pool
+    placement.auto_eject = True
+    key = next(b"k%d" % i for i in range(100) if placement.route(b"k%d" % i, 0.0) == 0)
+    while not placement.failure(0, 1.0):  # ejected until 1.0 + server_retry_timeout
+        pass
+    due = placement.next_rebuild
+    assert 1.0 < due < math.inf
+    client = ClientConn(rt)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    request = _cmd(b"MGET", key, key) if mget else _cmd(b"GET", key)
+
+    def sent_to_first() -> bool:
+        clock.run()
+        sent = b"".join(conns[0].transport.out), b"".join(conns[1].transport.out)
+        conns[0].transport.out.clear()
+        conns[1].transport.out.clear()
+        assert (key in sent[0]) != (key in sent[1])
+        return key in sent[0]
+
+    client.data_received(request)
+    assert not sent_to_first()  # retry not due: the key's next server on the continuum
+    clock.now = due + 1.0
+    client.data_received(request)
+    assert sent_to_first() and placement.next_rebuild == math.inf
+    reads = clock.reads
+    client.data_received(request)
+    assert sent_to_first()
+    if keyshard.speedups_in_use():
+        assert clock.reads == reads  # nothing pending: the compiled dispatch skips the clock
 
 
 def test_flush_of_a_half_answered_client_waits_one_iteration() -> None:

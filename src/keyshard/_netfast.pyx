@@ -155,7 +155,7 @@ cdef int _settle(list dests) except -1:
 cdef inline object _pool_router(RuntimeFields self, object pool, object now):
     """`pool.router(now)` (keyshard.pool.ServerPool), its common case inlined: no rebuild
     pending (`_next_rebuild` is inf, and `now > inf` is false whatever the time), so the
-    loop's clock is not read. `now` is None until the caller has read it."""
+    loop's clock is not read. `now`: the time `split` was called with, or None (dispatch)."""
     cdef PoolFields fields
     if isinstance(pool, PoolFields):
         fields = <PoolFields>pool
@@ -176,8 +176,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
         return _observed(self, client, reqs)
     cdef list queue = client.queue
     cdef _Router router = None
-    now = None  # the loop's time, read only if a rebuild is pending (_pool_router)
-    route = None
+    route = None  # the clock is read only if a rebuild is pending (_pool_router: now None)
     cdef bint authenticated = client.authenticated
     cdef list dests = [None] * len(self.slots)  # idx -> _Dest, while no Python code ran since
     cdef int used = 0  # F_USED: dests holds a connection (settled before any call out)
@@ -190,7 +189,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                 if not noreply:
                     PyList_Append(queue, req)
                 if route is None:
-                    route = _pool_router(self, self.pool, now)
+                    route = _pool_router(self, self.pool, None)
                     router = _router_of(route)
                 used = _forward(self, req, noreply, _route(router, route, _get(req, O_KEY, "key")),
                                 dests, used)
@@ -202,12 +201,18 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                 _settle(dests)
                 used = 0
             route = None  # a fragment (or a local command) may have ejected a server
-            if _not_forwarded(self, client, req, kind, now):
+            if _not_forwarded(self, client, req, kind):
                 break
             authenticated = client.authenticated
     finally:
         if used:
             _settle(dests)
+    return _head_done(client, queue)
+
+
+cdef inline int _head_done(ClientFields client, list queue) except -1:
+    """After a read's dispatch: the client's first request may be answered already (a local
+    reply, a failure), and so the replies behind it."""
     if queue:
         head = queue[0]
         if _get(head, O_REPLY, "reply") is not None:
@@ -226,14 +231,14 @@ cdef int _observed(RuntimeFields self, ClientFields client, object reqs) except 
     return 0
 
 
-cdef int _not_forwarded(RuntimeFields self, ClientFields client, object req, object kind,
-                        object now) except -1:
+cdef int _not_forwarded(RuntimeFields self, ClientFields client, object req,
+                        object kind) except -1:
     """A request that is not one key for one server: split it (once authenticated) or answer
     it here. Returns 1 when the client is closing: the read's later requests are dropped."""
     _set(req, O_OWNER, client, "owner")
     if client.authenticated and _is(kind, KIND_SPLIT):
         PyList_Append(client.queue, req)
-        _split(self, req, now)
+        _split(self, req, None)  # the clock read if needed (_pool_router)
         return 0
     client.local(req)
     return client.closing

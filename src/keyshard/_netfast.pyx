@@ -43,7 +43,7 @@ from libc.math cimport INFINITY
 from cpython.list cimport PyList_Append
 
 from keyshard._speedups cimport (
-    Request, _new_request, _Router, _router_of, parser_error, parser_feed,
+    PoolFields, Request, _new_request, _Router, _router_of, parser_error, parser_feed,
 )
 from keyshard.protocol import base as _base
 

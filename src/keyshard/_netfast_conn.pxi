@@ -35,12 +35,6 @@ cdef class RuntimeFields:
     cdef dict __dict__
 
 
-cdef class PoolFields:
-    """Twin of `keyshard.net.fields.PoolFields` (keyshard.pool.ServerPool's base)."""
-    cdef public double _next_rebuild
-    cdef public object _router, _group
-
-
 cdef class SlotFields:
     """Twin of `keyshard.net.fields.SlotFields` (ServerSlot keeps a `__dict__` for the rest)."""
     cdef public object ready, stats

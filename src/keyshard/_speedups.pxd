@@ -37,5 +37,10 @@ cdef class _Router:
 cdef _Router _router_of(object route)
 
 
+cdef class PoolFields:
+    cdef public double _next_rebuild
+    cdef public object _router, _group
+
+
 cdef object parser_feed(object parser, object data)
 cdef object parser_error(object parser)

@@ -18,6 +18,7 @@ their end, unless `KEYSHARD_NO_EXTENSIONS=1` (see `keyshard.speedups_enabled`).
       (not md5, crc32, crc32a: hashlib's and zlib's C already; the routers have C loops
       for all but md5)
     ketama_router, modula_router         keyshard.pool._ketama_router / _modula_router
+    PoolFields                           keyshard.pool.PoolFields        (fields: _speedups.pxd)
 
 Rule 1: a twin behaves bit for bit like its reference: the same frames, the same `error`
         text, at the same byte, under any cut of the input (tests/unit/test_speedups.py

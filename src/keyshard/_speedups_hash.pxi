@@ -371,6 +371,11 @@ cdef _Router _router_of(object route):
     return <_Router>owner if type(owner) is _Router else None
 
 
+cdef class PoolFields:
+    """Twin of `keyshard.pool.PoolFields`, the base of `ServerPool` (fields: _speedups.pxd):
+    `keyshard._netfast` reads the router and the next rebuild time as C struct members."""
+
+
 cdef int* _int_array(object items) except NULL:
     cdef Py_ssize_t i, n = len(items)
     cdef int* out = <int*>realloc(NULL, (n if n else 1) * sizeof(int))

@@ -52,7 +52,6 @@ from keyshard.distribution import (
     build_continuum,
 )
 from keyshard.hashing import HASHES, HashFunc, hash_tag_key
-from keyshard.net.fields import PoolFields
 
 __all__ = ["Router", "Server", "ServerPool"]
 
@@ -131,6 +130,25 @@ def _generic_router(cont: Continuum, hash_fn: HashFunc, tag: bytes | None) -> Ro
     def route(key: bytes) -> int:
         return dispatch(key_hash(key))
     return route
+
+
+class PoolFields:
+    """What the net layer's hot path reads of a pool (the compiled twin,
+    `keyshard._speedups.PoolFields`, has them as C struct members): the router, the grouper,
+    and when the continuum is due a rebuild. Only floats are stored in `_next_rebuild`."""
+
+    __slots__ = ("_next_rebuild", "_router", "_group")
+    _next_rebuild: float  # earliest pending next_retry; inf: nothing pending
+    _router: Router
+    _group: Router
+
+
+PyPoolFields = PoolFields  # the reference stays reachable under this name (tests)
+if speedups_enabled():  # its compiled twin, if built
+    try:
+        from keyshard._speedups import PoolFields  # type: ignore[no-redef]  # twin: same fields
+    except ImportError:
+        pass
 
 
 class ServerPool(PoolFields):

@@ -565,7 +565,7 @@ def test_net_twins_selected() -> None:
     assert (fields.ServerFields is not fields.PyServerFields) == compiled
     assert (fields.RuntimeFields is not fields.PyRuntimeFields) == compiled
     assert (fields.SlotFields is not fields.PySlotFields) == compiled
-    assert (fields.PoolFields is not fields.PyPoolFields) == compiled
+    assert (pool.PoolFields is not pool.PyPoolFields) == compiled
     assert (stats.ServerCounters is not stats.PyServerCounters) == compiled
     assert (stats.PoolCounters is not stats.PyPoolCounters) == compiled
     assert (memcache.FramerFields is not memcache.PyFramerFields) == compiled
@@ -575,7 +575,7 @@ def test_net_twins_selected() -> None:
     assert issubclass(runtime.PoolRuntime, fields.RuntimeFields)
     assert issubclass(client.ClientConn, fields.ClientFields)
     assert issubclass(server.ServerConn, fields.ServerFields)
-    assert issubclass(pool.ServerPool, fields.PoolFields)
+    assert issubclass(pool.ServerPool, pool.PoolFields)
     if compiled:
         assert _netfast is not None and _netfast.request_slots_direct()
         assert runtime.PoolRuntime.dispatch is _netfast.dispatch
@@ -587,7 +587,7 @@ def test_field_annotations_are_the_slots() -> None:
     from keyshard.net import fields
 
     for ref in (fields.PyConnFields, fields.PyClientFields, fields.PyServerFields,
-                fields.PyRuntimeFields, fields.PySlotFields, fields.PyPoolFields):
+                fields.PyRuntimeFields, fields.PySlotFields, pool.PyPoolFields):
         slots = tuple(name for name in ref.__slots__ if name != "__dict__")
         assert tuple(inspect.get_annotations(ref)) == slots, ref
         assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in slots), ref

@@ -2,8 +2,7 @@
 
 `ClientConn` and `ServerConn` take their storage from these bases, and `PoolRuntime` and
 `ServerSlot` the fields the hot paths read (`RuntimeFields`, `SlotFields`; their other
-attributes stay in their `__dict__`), as does `keyshard.pool.ServerPool` (`PoolFields`: the
-router and when it is due a rebuild). The compiled twin
+attributes stay in their `__dict__`). The compiled twin
 (`keyshard._netfast`, when built and not disabled) declares the same names as C struct members
 of extension types, so the compiled hot loops read and write them without a dictionary or
 descriptor lookup; Python code sees the same attributes either way.
@@ -11,8 +10,7 @@ descriptor lookup; Python code sees the same attributes either way.
 Rule 1: every attribute a connection has is listed here; setting another one raises
         AttributeError (a typo is loud, and no connection grows a `__dict__`).
 Rule 2: the compiled twin types a few of them (`wbuf` is a list, the flags are booleans,
-        `timeout` and `_next_rebuild` floats, `swallowed` an int); the code only ever stores
-        such values there.
+        `timeout` a float, `swallowed` an int); the code only ever stores such values there.
 Rule 3: each class also annotates its slots, for the type checker only: an annotation without
         a value makes no class attribute, so the slots stay the storage.
 """
@@ -103,25 +101,15 @@ class SlotFields:
     stats: ServerStats
 
 
-class PoolFields:
-    """What the hot paths read of a pool's key placement (keyshard.pool.ServerPool)."""
-
-    __slots__ = ("_next_rebuild", "_router", "_group")
-    _next_rebuild: float  # earliest pending retry; inf: nothing pending
-    _router: Callable[[bytes], int]
-    _group: Callable[[bytes], int]
-
-
 # The references stay reachable under these names (tests).
 PyConnFields, PyClientFields, PyServerFields = ConnFields, ClientFields, ServerFields
-PyRuntimeFields, PySlotFields, PyPoolFields = RuntimeFields, SlotFields, PoolFields
+PyRuntimeFields, PySlotFields = RuntimeFields, SlotFields
 
 if speedups_enabled():  # their compiled twins, if built (keyshard/_netfast.pyx)
     try:
         from keyshard._netfast import (  # type: ignore[no-redef]  # twins: same fields
             ClientFields,
             ConnFields,
-            PoolFields,
             RuntimeFields,
             ServerFields,
             SlotFields,

@@ -325,3 +325,26 @@ def test_run_order_flips_each_repetition() -> None:
     orders = [run_order(["nut", "ks"], rep) for rep in range(4)]
     assert orders == [["nut", "ks"], ["ks", "nut"], ["nut", "ks"], ["ks", "nut"]]
     assert run_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+# /proc/PID/io and the context-switch lines of /proc/PID/status of a keyshard process
+PROC_IO = ("rchar: 181771926\nwchar: 183094745\nsyscr: 1180052\nsyscw: 1188735\n"
+           "read_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n")
+PROC_STATUS_CS = "Threads:\t5\nvoluntary_ctxt_switches:\t4412\nnonvoluntary_ctxt_switches:\t25786\n"
+
+
+def test_spread_counters_and_row() -> None:
+    from bench.spread import CLK_TCK, parse_counters, row
+    a = parse_counters(PROC_IO, PROC_STATUS_CS, user=100, kernel=400)
+    assert (a.writes, a.sleeps, a.user, a.kernel) == (1188735, 4412, 100, 400)
+    with pytest.raises(ParseError):
+        parse_counters("rchar: 1\n", PROC_STATUS_CS, 0, 0)
+    n = 200_000  # GETs: 1.15 writes each (one to its client), one sleep per 100
+    b = parse_counters(PROC_IO.replace("syscw: 1188735", f"syscw: {1188735 + 230_000}"),
+                       PROC_STATUS_CS.replace("4412", str(4412 + 2000)),
+                       user=100 + CLK_TCK // 10, kernel=400 + CLK_TCK)
+    r = row("keyshard", 90_123.4, n, 98.5, a, b, backend_ticks=CLK_TCK // 2)
+    assert r["rps"] == 90123 and r["busy %"] == 98.5
+    assert r["server writes/GET"] == 0.15 and r["sleeps/GET"] == 0.01
+    assert r["backends µs/GET"] == 2.5  # half a second of CPU over 200,000 GETs
+    assert r["proxy µs/GET"] == 5.5 and r["proxy kernel µs/GET"] == 5.0

@@ -1,13 +1,13 @@
 """The net layer's own CPU per request, in process: `python -m bench.micro [workload]`.
 
-No sockets and no event loop: 50 clients and two servers of one pool are driven with the
-fake loop and transports of the unit tests (tests/unit/test_speedups.py). One round: each
-client reads one request (16 at once for the `_p16` workloads), the loop runs (flushes to
-the servers), each server reads the replies to what it was sent, the loop runs (flushes to
-the clients). What is timed is the proxy's user-space work per request (framing, routing,
-split and merge, pairing, flushing) plus a small constant for the fakes; the kernel and
-uvloop are left out on purpose, so a change of tens of nanoseconds shows, where `make bench`
-cannot see under a few percent.
+No sockets and no event loop: 50 clients and the servers of one pool (two for Redis, one for
+memcache, as in `make bench`) are driven with the fake loop and transports of the unit tests
+(tests/unit/test_speedups.py). One round: each client reads one request (16 at once for the
+`_p16` workloads), the loop runs (flushes to the servers), each server reads the replies to
+what it was sent, the loop runs (flushes to the clients). What is timed is the proxy's
+user-space work per request (framing, routing, split and merge, pairing, flushing) plus a
+small constant for the fakes; the kernel and uvloop are left out on purpose, so a change of
+tens of nanoseconds shows, where `make bench` cannot see under a few percent.
 
 Rule 1: a figure, never an assertion; run it in both modes to compare
         (`KEYSHARD_NO_EXTENSIONS=1 python -m bench.micro`).
@@ -67,7 +67,8 @@ class _Sink:
 
 
 def _pool(redis: bool) -> tuple[Any, _Loop, list[Any]]:
-    rt, loop, servers = _runtime(2, redis=redis)
+    """The pools of `make bench`: two redis-servers, one memcached."""
+    rt, loop, servers = _runtime(2 if redis else 1, redis=redis)
     for server in servers:
         server.transport = _Sink()
     return rt, loop, servers

@@ -45,6 +45,7 @@ from cpython.list cimport PyList_Append
 from keyshard._speedups cimport (
     PoolFields, Request, _new_request, _Router, _router_of, parser_error, parser_feed,
 )
+from keyshard.pool import first_server as _first_server
 from keyshard.protocol import base as _base
 
 cdef object EINVAL = os.strerror(errno.EINVAL)  # as keyshard.net.server
@@ -109,6 +110,8 @@ cdef inline int _set(object req, int field, object value, str name) except -1:
 cdef inline Py_ssize_t _route(_Router router, object route, object key) except? -2:
     if router is not None:
         return router.route(key)
+    if route is _first_server:  # a one-server pool: server 0, without a Python call
+        return 0
     return route(key)
 
 
@@ -190,7 +193,7 @@ cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except 
                     PyList_Append(queue, req)
                 if route is None:
                     route = _pool_router(self, self.pool, None)
-                    router = _router_of(route)
+                    router = None if route is _first_server else _router_of(route)
                 used = _forward(self, req, noreply, _route(router, route, _get(req, O_KEY, "key")),
                                 dests, used)
                 if used & F_REROUTE:

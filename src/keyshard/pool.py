@@ -74,7 +74,8 @@ def _refuse(key: bytes) -> int:
     return -1
 
 
-def _first(key: bytes) -> int:
+def first_server(key: bytes) -> int:
+    """A one-server pool's router (the compiled dispatch knows it and skips the call)."""
     return 0
 
 
@@ -272,7 +273,7 @@ class ServerPool(PoolFields):
 
     def _make_router(self, cont: Continuum) -> Router:
         if len(self.servers) == 1:
-            return _first  # server_pool_idx skips hashing for a one-server pool
+            return first_server  # server_pool_idx skips hashing for a one-server pool
         if isinstance(cont, KetamaContinuum):
             return _ketama_router(cont, self._hash, self._tag)
         if isinstance(cont, ModulaContinuum):

@@ -317,12 +317,15 @@ cdef object _mc_reply_parse_c(object self, object data):
     cdef Py_ssize_t pos = 0, end, cr
     cdef const unsigned char* c
     cdef list out = []
+    # a reply cut at the end of the last read: only `_cut` sets `_resume`, and it ends the
+    # loop, so it is read once per read here rather than once per reply as in the reference
+    resume = self._resume
     while pos < n:
         end = -1
-        if self._resume:
-            resume = self._resume
+        if resume:
             self._resume = 0
             end = self._scan(buf, pos, pos + resume, n)
+            resume = 0
         elif b[pos] == 86 and _mc_at(b, pos, n, "VALUE ", 6):
             end = _mc_values(self, buf, b, pos, n)
         else:

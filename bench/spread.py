@@ -16,17 +16,16 @@ Rule 3: every process started here is stopped by PID in a `finally` (as `python 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import fleet, machine, workloads
-from bench.parse import ParseError
+from bench.machine import CLK_TCK
+from bench.parse import ParseError, ticks_to_us
 
 GET_P1 = next(w for w in workloads.WORKLOADS if w.name == "get_p1")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,14 @@ def counters(pid: int) -> Counters:
 def row(proxy: str, rps: float, n: int, busy_pct: float, a: Counters, b: Counters,
         backend_ticks: int) -> dict[str, object]:
     """The printed figures of one run of n GETs (counters a before, b after)."""
-    us = 1e6 / CLK_TCK / n
+    def us(ticks: int) -> float:
+        return round(ticks_to_us(ticks, CLK_TCK) / n, 2)
     return {"proxy": proxy, "rps": round(rps), "busy %": busy_pct,
             "sleeps/GET": round((b.sleeps - a.sleeps) / n, 3),
             "server writes/GET": round((b.writes - a.writes) / n - 1, 3),
-            "backends µs/GET": round(backend_ticks * us, 2),
-            "proxy µs/GET": round((b.user + b.kernel - a.user - a.kernel) * us, 2),
-            "proxy kernel µs/GET": round((b.kernel - a.kernel) * us, 2)}
+            "backends µs/GET": us(backend_ticks),
+            "proxy µs/GET": us(b.user + b.kernel - a.user - a.kernel),
+            "proxy kernel µs/GET": us(b.kernel - a.kernel)}
 
 
 def one_run(proxy: fleet.Proxy, backends: fleet.Backends, n: int) -> dict[str, object]:

@@ -334,7 +334,8 @@ PROC_STATUS_CS = "Threads:\t5\nvoluntary_ctxt_switches:\t4412\nnonvoluntary_ctxt
 
 
 def test_spread_counters_and_row() -> None:
-    from bench.spread import CLK_TCK, parse_counters, row
+    from bench.machine import CLK_TCK
+    from bench.spread import parse_counters, row
     a = parse_counters(PROC_IO, PROC_STATUS_CS, user=100, kernel=400)
     assert (a.writes, a.sleeps, a.user, a.kernel) == (1188735, 4412, 100, 400)
     with pytest.raises(ParseError):

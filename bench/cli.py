@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(nutcracker,nutcracker is a sanity check: ratios near 1.0); "
                          "keyshard=DIR runs the keyshard of another tree (a checkout or its "
                          "src/, extensions built in place), e.g. a worktree of an older "
-                         "commit, to compare two builds in one interleaved run")
+                         "commit, to compare two builds in one interleaved run; floor is "
+                         "bench/floor.c, a minimal C proxy (built with cc): what the machine "
+                         "leaves for any proxy")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")
@@ -76,8 +78,9 @@ def proxy_specs(text: str) -> tuple[list[str], list[Path | None]]:
         if not spec:
             continue
         kind, eq, where = spec.partition("=")
-        if kind not in ("nutcracker", "keyshard") or (eq and kind != "keyshard"):
-            raise ValueError(f"--proxies takes nutcracker, keyshard or keyshard=DIR, not {spec!r}")
+        if kind not in ("nutcracker", "keyshard", "floor") or (eq and kind != "keyshard"):
+            raise ValueError("--proxies takes nutcracker, keyshard, keyshard=DIR or floor, "
+                             f"not {spec!r}")
         src = None
         if eq:
             root = Path(where).expanduser().resolve()
@@ -128,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     logs = a.out / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
+    if "floor" in a.kinds:
+        try:
+            binary = fleet.build_floor(logs)
+        except RuntimeError as err:
+            print(err, file=sys.stderr)
+            return 2
+        a.srcs = [binary if k == "floor" else s for k, s in zip(a.kinds, a.srcs)]
     labels = labels_for(a.kinds)
     meta = _meta(a, labels)
     _check_quiet(meta)
@@ -267,7 +277,8 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
         "proxies": labels, "reps": a.reps, "seconds": a.seconds, "quick": a.quick,
         "sources": {lab: f"{src}, commit "
                          + out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
-                    for lab, src in zip(labels, a.srcs) if src is not None},
+                    for lab, kind, src in zip(labels, a.kinds, a.srcs)
+                    if src is not None and kind == "keyshard"},
         "pinned": a.pin,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,

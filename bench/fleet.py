@@ -31,7 +31,24 @@ NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 
+FLOOR_SRC = ROOT / "bench" / "floor.c"
+
 _handed_out: set[int] = set()
+
+
+def build_floor(out_dir: Path) -> Path:
+    """Compile bench/floor.c (the floor proxy, `--proxies ...,floor`) into out_dir; the
+    binary's path, or RuntimeError with the compiler's complaint."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("the floor proxy needs a C compiler (cc or gcc, or $CC)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / "floor"
+    cp = subprocess.run([cc, "-O2", "-o", str(binary), str(FLOOR_SRC)], capture_output=True,
+                        text=True, timeout=120, check=False)
+    if cp.returncode != 0:
+        raise RuntimeError(f"building the floor proxy failed: {cp.stderr.strip()[-400:]}")
+    return binary
 
 
 def free_port() -> int:
@@ -177,11 +194,12 @@ def pool_conf(redis_listen: int, mc_listen: int, b: Backends) -> str:
 class Proxy:
     """nutcracker or keyshard over the shared backends, with its own ports."""
 
-    kind: str                     # "nutcracker" or "keyshard"
+    kind: str                     # "nutcracker", "keyshard" or "floor" (bench/floor.c)
     label: str                    # unique name in the report ("nutcracker", "nutcracker-2")
     log_dir: Path
     backends: Backends
-    src: Path | None = None       # keyshard: the source tree to import (None: this checkout's)
+    src: Path | None = None       # keyshard: the source tree to import (None: this checkout's);
+                                  # floor: its binary (build_floor)
     redis_port: int = field(default_factory=free_port)
     mc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
@@ -194,12 +212,16 @@ class Proxy:
         return self.log_dir / f"{self.label}.yml"
 
     def argv(self) -> list[str]:
+        if self.kind == "floor":  # no config file: its ports, memcached's, the redis-servers'
+            assert self.src is not None
+            return [str(self.src), str(self.redis_port), str(self.mc_port),
+                    str(self.backends.memcached_port), *map(str, self.backends.redis_ports)]
         prog = [NUTCRACKER] if self.kind == "nutcracker" else [sys.executable, "-m", "keyshard"]
         return [*prog, "-c", str(self.conf_path()), "-s", str(self.stats_port),
                 "-a", "127.0.0.1", "-v", "4"]
 
     def env(self) -> dict[str, str] | None:
-        if self.kind == "nutcracker":
+        if self.kind != "keyshard":
             return None
         env = dict(os.environ)
         src = self.src if self.src is not None else ROOT / "src"

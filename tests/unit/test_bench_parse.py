@@ -313,9 +313,23 @@ def test_proxy_specs_name_another_keyshard_tree(tmp_path: Path) -> None:
     assert labels_for(kinds) == ["keyshard", "keyshard-2"]
     assert proxy_specs(f"nutcracker,keyshard={tmp_path / 'src'}")[1] == [
         None, tmp_path.resolve() / "src"]
-    for bad in ("", "redis", f"nutcracker={tmp_path}", f"keyshard={tmp_path / 'none'}"):
+    for bad in ("", "redis", f"nutcracker={tmp_path}", f"keyshard={tmp_path / 'none'}",
+                f"floor={tmp_path}"):
         with pytest.raises(ValueError):
             proxy_specs(bad)
+
+
+def test_floor_proxy_argv_names_its_ports_and_the_backends(tmp_path: Path) -> None:
+    """`--proxies ...,floor`: bench/floor.c takes no config file, only ports."""
+    from bench.cli import proxy_specs
+    from bench.fleet import Backends, Proxy
+
+    assert proxy_specs("nutcracker,floor") == (["nutcracker", "floor"], [None, None])
+    b = Backends([], None, [7001, 7002], 7003)  # type: ignore[arg-type]
+    p = Proxy("floor", "floor", tmp_path, b, src=tmp_path / "floor",
+              redis_port=7100, mc_port=7200)
+    assert p.argv() == [str(tmp_path / "floor"), "7100", "7200", "7003", "7001", "7002"]
+    assert p.env() is None
 
 
 def test_run_order_flips_each_repetition() -> None:

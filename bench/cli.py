@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "src/, extensions built in place), e.g. a worktree of an older "
                          "commit, to compare two builds in one interleaved run; floor is "
                          "bench/floor.c, a minimal C proxy (built with cc): what the machine "
-                         "leaves for any proxy")
+                         "leaves for any proxy; floor=N holds its writes to a server N "
+                         "microseconds (a batching window)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")
@@ -64,34 +65,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--reps must be 1..20, --seconds 0.2..60, --idle-conns 1..10000")
     a.workloads = select_workloads(a.only, ap)
     try:
-        a.kinds, a.srcs = proxy_specs(a.proxies)
+        a.kinds, a.srcs, a.windows = proxy_specs(a.proxies)
     except ValueError as err:
         ap.error(str(err))
     return a
 
 
-def proxy_specs(text: str) -> tuple[list[str], list[Path | None]]:
-    """`--proxies`: the kinds, and for each the keyshard source tree to run (None: this one)."""
+def proxy_specs(text: str) -> tuple[list[str], list[Path | None], list[int]]:
+    """`--proxies`: the kinds; for each the keyshard source tree to run (None: this one); and
+    for each floor its hold window in microseconds (`floor=N`; 0 for the rest)."""
     kinds: list[str] = []
     srcs: list[Path | None] = []
+    windows: list[int] = []
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
             continue
         kind, eq, where = spec.partition("=")
-        if kind not in ("nutcracker", "keyshard", "floor") or (eq and kind != "keyshard"):
-            raise ValueError("--proxies takes nutcracker, keyshard, keyshard=DIR or floor, "
-                             f"not {spec!r}")
-        src = None
-        if eq:
+        if kind not in ("nutcracker", "keyshard", "floor") or (eq and kind == "nutcracker"):
+            raise ValueError("--proxies takes nutcracker, keyshard, keyshard=DIR, floor or "
+                             f"floor=MICROSECONDS, not {spec!r}")
+        src, window = None, 0
+        if eq and kind == "floor":
+            if not where.isdigit() or not 0 < int(where) < 1_000_000:
+                raise ValueError(f"floor={where}: a hold window of 1 to 999999 microseconds")
+            window = int(where)
+        elif eq:
             root = Path(where).expanduser().resolve()
             src = root / "src" if (root / "src" / "keyshard").is_dir() else root
             if not (src / "keyshard" / "__init__.py").is_file():
                 raise ValueError(f"{where!r} holds no keyshard package (nor src/keyshard)")
         kinds.append(kind)
         srcs.append(src)
+        windows.append(window)
     if not kinds:
         raise ValueError("--proxies names no proxy")
-    return kinds, srcs
+    return kinds, srcs, windows
 
 
 def select_workloads(only: str, ap: argparse.ArgumentParser) -> list[Workload]:
@@ -147,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends = start_backends(logs)
         _prefill(backends)
-        proxies = [Proxy(k, lab, logs, backends, src=src)
-                   for k, lab, src in zip(a.kinds, labels, a.srcs)]
+        proxies = [Proxy(k, lab, logs, backends, src=src, window_us=w)
+                   for k, lab, src, w in zip(a.kinds, labels, a.srcs, a.windows)]
         for p in proxies:
             _ensure_running(p)
         _run_all(a, backends, proxies, results, meta)

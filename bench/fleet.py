@@ -200,6 +200,7 @@ class Proxy:
     backends: Backends
     src: Path | None = None       # keyshard: the source tree to import (None: this checkout's);
                                   # floor: its binary (build_floor)
+    window_us: int = 0            # floor: FLOOR_HOLD_US, its batching window (0: none)
     redis_port: int = field(default_factory=free_port)
     mc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
@@ -221,6 +222,8 @@ class Proxy:
                 "-a", "127.0.0.1", "-v", "4"]
 
     def env(self) -> dict[str, str] | None:
+        if self.kind == "floor" and self.window_us:
+            return {**os.environ, "FLOOR_HOLD_US": str(self.window_us)}
         if self.kind != "keyshard":
             return None
         env = dict(os.environ)

@@ -16,7 +16,8 @@
  *   it (a FIFO per server), and complete requests; a client's replies leave in request order;
  *   then one write per client that has something to send, and one per server that was
  *   given requests in the iteration before (as keyshard's writer Rule 4 does: the requests
- *   other clients send meanwhile leave in the same write; FLOOR_HOLD=0 writes at once).
+ *   other clients send meanwhile leave in the same write; FLOOR_HOLD=0 writes at once, and
+ *   FLOOR_HOLD_US=N holds a server's write N microseconds, reading clients meanwhile).
  * A memcache `quit` closes the client (memcached would close the shared connection).
  * So per request it makes the syscalls a proxy cannot do without (a read and a write on the
  * client, shares of a read and a write per server) and spends next to nothing in user space.
@@ -37,6 +38,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_SERVERS 16
@@ -53,6 +55,7 @@ typedef struct { struct req *req; int frag; } slot_t;
 
 typedef struct conn {
     int fd, type, dirty, held, closed, want_out, eof;
+    long since;                    /* server: when it was first held (ns) */
     int refs;                      /* requests of a client not yet answered */
     buf_t in, out;
     struct req *head, *tail;       /* client: requests in arrival order */
@@ -79,6 +82,12 @@ static conn_t **dirty;
 static size_t ndirty, dirty_cap;
 
 static void die(const char *what) { perror(what); exit(1); }
+
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
 
 static void *xrealloc(void *p, size_t n) {
     p = realloc(p, n);
@@ -543,10 +552,18 @@ int main(int argc, char **argv) {
     int nall = nservers;
     for (int i = 0; i < nservers; i++) all_servers[i] = servers[i];
     if (mc_server) all_servers[nall++] = mc_server;
-    const char *hold_env = getenv("FLOOR_HOLD");
+    const char *hold_env = getenv("FLOOR_HOLD"), *window_env = getenv("FLOOR_HOLD_US");
     int hold = !(hold_env && strcmp(hold_env, "0") == 0), held = 0;
+    long window = window_env ? atol(window_env) * 1000 : 0, oldest = 0;  /* ns */
     for (;;) {
-        int n = epoll_wait(ep, evs, 512, held ? 0 : -1);
+        int n;
+        if (held && window > 0) {  /* wait for more requests until the oldest batch is due */
+            long left = oldest + window - now_ns();
+            struct timespec to = {0, left > 0 ? left : 0};
+            n = epoll_pwait2(ep, evs, 512, &to, NULL);
+        } else {
+            n = epoll_wait(ep, evs, 512, held ? 0 : -1);
+        }
         if (n < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");
@@ -557,18 +574,25 @@ int main(int argc, char **argv) {
             if (evs[i].events & EPOLLOUT) mark(c);
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
         }
-        /* servers: written one iteration after their first request (FLOOR_HOLD=0: at once) */
+        /* servers: written one iteration after their first request, and with FLOOR_HOLD_US
+         * not before that many microseconds (FLOOR_HOLD=0: at once) */
+        long now = window > 0 ? now_ns() : 0;
         held = 0;
         for (int i = 0; i < nall; i++) {
             conn_t *s = all_servers[i];
-            if (s->held || (s->dirty && !hold)) {
-                s->held = s->dirty = 0;
-                if (flush(s) < 0) { fprintf(stderr, "floor: server write failed\n"); exit(1); }
-            } else if (s->dirty) {
+            if (s->dirty && !s->held && hold) {
                 s->held = 1;
-                s->dirty = 0;
-                held = 1;
+                s->since = now;
+            } else if (s->dirty || s->held) {
+                if (!s->held || now - s->since >= window) {
+                    s->held = s->dirty = 0;
+                    if (flush(s) < 0) { fprintf(stderr, "floor: server write failed\n"); exit(1); }
+                    continue;
+                }
             }
+            s->dirty = 0;
+            if (s->held && (!held || s->since < oldest)) oldest = s->since;
+            held |= s->held;
         }
         /* then the clients' replies */
         for (size_t i = 0; i < ndirty; i++) {

@@ -7,6 +7,7 @@ the real redis-servers and memcached it sits in front of.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -20,27 +21,30 @@ from tests.support.rig import exchange, resp
 
 
 class Floor(Proc):
-    def __init__(self, binary: Path, redis_ports: list[int], mc_port: int) -> None:
+    def __init__(self, binary: Path, redis_ports: list[int], mc_port: int,
+                 window_us: int = 0) -> None:
         super().__init__()
+        self.env = {**os.environ, "FLOOR_HOLD_US": str(window_us)} if window_us else None
         self.port, self.mc_port = free_port(), free_port()
         self.argv = [str(binary), str(self.port), str(self.mc_port), str(mc_port),
                      *map(str, redis_ports)]
 
     def start(self) -> Floor:
-        self._spawn(self.argv)
+        self._spawn(self.argv, self.env)
         wait_port(self.port, self.proc)
         wait_port(self.mc_port, self.proc)
         return self
 
 
-@pytest.fixture(scope="module")
-def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Floor, list[RedisServer]]]:
+@pytest.fixture(scope="module", params=[0, 200], ids=["no-window", "window-200us"])
+def floor(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Floor, list[RedisServer]]]:
     binary = fleet.build_floor(tmp_path_factory.mktemp("floor"))
     with RedisServer() as r1, RedisServer() as r2, Memcached() as mc:
         r1.start()
         r2.start()
         mc.start()
-        with Floor(binary, [r1.port, r2.port], mc.port) as f:
+        with Floor(binary, [r1.port, r2.port], mc.port, request.param) as f:
             f.start()
             yield f, [r1, r2]
             assert f.alive(), f.log()

@@ -307,14 +307,14 @@ def test_proxy_specs_name_another_keyshard_tree(tmp_path: Path) -> None:
 
     (tmp_path / "src" / "keyshard").mkdir(parents=True)
     (tmp_path / "src" / "keyshard" / "__init__.py").write_text("")
-    kinds, srcs = proxy_specs(f"keyshard={tmp_path}, keyshard")
+    kinds, srcs, _ = proxy_specs(f"keyshard={tmp_path}, keyshard")
     assert kinds == ["keyshard", "keyshard"]
     assert srcs == [tmp_path.resolve() / "src", None]
     assert labels_for(kinds) == ["keyshard", "keyshard-2"]
     assert proxy_specs(f"nutcracker,keyshard={tmp_path / 'src'}")[1] == [
         None, tmp_path.resolve() / "src"]
     for bad in ("", "redis", f"nutcracker={tmp_path}", f"keyshard={tmp_path / 'none'}",
-                f"floor={tmp_path}"):
+                f"floor={tmp_path}", "floor=0", "floor=x"):
         with pytest.raises(ValueError):
             proxy_specs(bad)
 
@@ -324,12 +324,15 @@ def test_floor_proxy_argv_names_its_ports_and_the_backends(tmp_path: Path) -> No
     from bench.cli import proxy_specs
     from bench.fleet import Backends, Proxy
 
-    assert proxy_specs("nutcracker,floor") == (["nutcracker", "floor"], [None, None])
+    assert proxy_specs("nutcracker,floor,floor=100") == (
+        ["nutcracker", "floor", "floor"], [None, None, None], [0, 0, 100])
     b = Backends([], None, [7001, 7002], 7003)  # type: ignore[arg-type]
     p = Proxy("floor", "floor", tmp_path, b, src=tmp_path / "floor",
               redis_port=7100, mc_port=7200)
     assert p.argv() == [str(tmp_path / "floor"), "7100", "7200", "7003", "7001", "7002"]
     assert p.env() is None
+    p.window_us = 100
+    assert (p.env() or {})["FLOOR_HOLD_US"] == "100" and p.argv()[0] == str(tmp_path / "floor")
 
 
 def test_run_order_flips_each_repetition() -> None:

@@ -531,6 +531,46 @@ static void on_readable(conn_t *c) {
     else client_requests(c);
 }
 
+/* Write each server that is due: one iteration after its first request, and with a window
+ * not before `window` ns (hold 0: at once). Returns whether a server is still held, and its
+ * oldest hold's start in *oldest. */
+static int flush_servers(conn_t **all, int nall, int hold, long window, long *oldest) {
+    long now = window > 0 ? now_ns() : 0;
+    int held = 0;
+    for (int i = 0; i < nall; i++) {
+        conn_t *s = all[i];
+        if (s->dirty && !s->held && hold) {
+            s->held = 1;
+            s->since = now;
+        } else if (s->dirty || s->held) {
+            if (!s->held || now - s->since >= window) {
+                s->held = s->dirty = 0;
+                if (flush(s) < 0) { fprintf(stderr, "floor: server write failed\n"); exit(1); }
+                continue;
+            }
+        }
+        s->dirty = 0;
+        if (s->held && (!held || s->since < *oldest)) *oldest = s->since;
+        held |= s->held;
+    }
+    return held;
+}
+
+/* Write the clients' replies; free the closed clients nobody waits on. */
+static void flush_clients(void) {
+    for (size_t i = 0; i < ndirty; i++) {
+        conn_t *c = dirty[i];
+        c->dirty = 0;
+        if (c->closed) {
+            if (c->refs == 0) free_client(c);
+            continue;
+        }
+        if (flush(c) < 0 || (c->eof && c->refs == 0 && c->out.off == c->out.len))
+            close_client(c);  /* marks it again: freed further down this list */
+    }
+    ndirty = 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: floor REDIS_LISTEN MC_LISTEN MC_SERVER REDIS_SERVER...\n");
@@ -575,36 +615,8 @@ int main(int argc, char **argv) {
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c);
         }
         /* servers: written one iteration after their first request, and with FLOOR_HOLD_US
-         * not before that many microseconds (FLOOR_HOLD=0: at once) */
-        long now = window > 0 ? now_ns() : 0;
-        held = 0;
-        for (int i = 0; i < nall; i++) {
-            conn_t *s = all_servers[i];
-            if (s->dirty && !s->held && hold) {
-                s->held = 1;
-                s->since = now;
-            } else if (s->dirty || s->held) {
-                if (!s->held || now - s->since >= window) {
-                    s->held = s->dirty = 0;
-                    if (flush(s) < 0) { fprintf(stderr, "floor: server write failed\n"); exit(1); }
-                    continue;
-                }
-            }
-            s->dirty = 0;
-            if (s->held && (!held || s->since < oldest)) oldest = s->since;
-            held |= s->held;
-        }
-        /* then the clients' replies */
-        for (size_t i = 0; i < ndirty; i++) {
-            conn_t *c = dirty[i];
-            c->dirty = 0;
-            if (c->closed) {
-                if (c->refs == 0) free_client(c);
-                continue;
-            }
-            if (flush(c) < 0 || (c->eof && c->refs == 0 && c->out.off == c->out.len))
-                close_client(c);  /* marks it again: freed further down this list */
-        }
-        ndirty = 0;
+         * not before that many microseconds (FLOOR_HOLD=0: at once); then the clients */
+        held = flush_servers(all_servers, nall, hold, window, &oldest);
+        flush_clients();
     }
 }

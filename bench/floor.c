@@ -1,7 +1,7 @@
 /*
- * bench/floor.c: the floor, a proxy that does as little as a proxy can, for `make bench` to
+ * bench/floor.c: the floor, a proxy that does as little as a proxy can, for the benchmark to
  * measure what the machine leaves for any proxy (`python -m bench --proxies
- * nutcracker,keyshard,floor`). It is a measuring instrument, not a product and not keyshard:
+ * nutcracker,keyshard,floor`; `make bench` does not run it). It is a measuring instrument, not a product and not keyshard:
  * no config file, no timeouts, no stats, no ejection, no error replies of its own; anything it
  * does not expect (a server gone, a request it cannot frame) ends the connection or the
  * process.
@@ -14,10 +14,10 @@
  *   none); memcache: every request goes whole to its one server;
  *   read every readable server, frame its replies, pair them with the oldest fragment sent to
  *   it (a FIFO per server), and complete requests; a client's replies leave in request order;
- *   then one write per client that has something to send, and one per server that was
- *   given requests in the iteration before (as keyshard's writer Rule 4 does: the requests
- *   other clients send meanwhile leave in the same write; FLOOR_HOLD=0 writes at once, and
- *   FLOOR_HOLD_US=N holds a server's write N microseconds, reading clients meanwhile).
+ *   then one write per server that was given requests in the iteration before (as keyshard's
+ *   writer Rule 4 does: the requests other clients send meanwhile leave in the same write;
+ *   FLOOR_HOLD=0 writes at once, and FLOOR_HOLD_US=N holds a server's write N microseconds,
+ *   reading clients meanwhile), and one per client that has something to send.
  * A memcache `quit` closes the client (memcached would close the shared connection).
  * So per request it makes the syscalls a proxy cannot do without (a read and a write on the
  * client, shares of a read and a write per server) and spends next to nothing in user space.

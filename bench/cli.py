@@ -123,29 +123,10 @@ def labels_for(kinds: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    missing = [t for t in ("redis-benchmark", "memcslap", "redis-server", "memcached")
-               if shutil.which(t) is None]
-    if missing:
-        print(f"missing tools: {', '.join(missing)} (make deps installs them)", file=sys.stderr)
+    err = _prepare(a)
+    if err:
+        print(err, file=sys.stderr)
         return 2
-    _raise_fd_limit()
-    workloads.IDLE_CONNS = a.idle_conns
-    if a.pin:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            print("--pin needs at least 2 CPUs", file=sys.stderr)
-            return 2
-        fleet.SERVER_CPUS, fleet.CLIENT_CPUS = set(cpus[:-1]), {cpus[-1]}
-    logs = a.out / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    if "floor" in a.kinds:
-        try:
-            binary = fleet.build_floor(logs)
-        except RuntimeError as err:
-            print(err, file=sys.stderr)
-            return 2
-        a.srcs = [binary if k == "floor" else s for k, s in zip(a.kinds, a.srcs)]
     labels = labels_for(a.kinds)
     meta = _meta(a, labels)
     _check_quiet(meta)
@@ -153,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     backends: Backends | None = None
     proxies: list[Proxy] = []
     try:
-        backends = start_backends(logs)
+        backends = start_backends(a.out / "logs")
         _prefill(backends)
-        proxies = [Proxy(k, lab, logs, backends, src=src, window_us=w)
+        proxies = [Proxy(k, lab, a.out / "logs", backends, src=src, window_us=w)
                    for k, lab, src, w in zip(a.kinds, labels, a.srcs, a.windows)]
         for p in proxies:
             _ensure_running(p)
@@ -170,6 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             c.stop()
     meta["load_after"] = os.getloadavg()[0]
     return _report(a, labels, meta, results)
+
+
+def _prepare(a: argparse.Namespace) -> str | None:
+    """Check the tools, set the fd limit, idle count and CPU placement, make a fresh logs
+    directory and build the floor if asked for; returns what stops the run, if anything."""
+    missing = [t for t in ("redis-benchmark", "memcslap", "redis-server", "memcached")
+               if shutil.which(t) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (make deps installs them)"
+    _raise_fd_limit()
+    workloads.IDLE_CONNS = a.idle_conns
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return "--pin needs at least 2 CPUs"
+        fleet.SERVER_CPUS, fleet.CLIENT_CPUS = set(cpus[:-1]), {cpus[-1]}
+    logs = a.out / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    if "floor" in a.kinds:
+        try:
+            binary = fleet.build_floor(logs)
+        except RuntimeError as err:
+            return str(err)
+        a.srcs = [binary if k == "floor" else s for k, s in zip(a.kinds, a.srcs)]
+    return None
 
 
 def _run_all(a: argparse.Namespace, backends: Backends, proxies: list[Proxy],

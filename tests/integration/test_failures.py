@@ -242,6 +242,22 @@ def test_stray_reply_closes_the_connection(live: RedisServer) -> None:
         fake.close()
 
 
+def test_next_request_after_a_server_closed_its_connection(live: RedisServer) -> None:
+    # A length nutcracker and keyshard both wrap modulo 2**32 (to 1) reaches the real
+    # redis-server as a protocol error: it answers and closes its end. The next client's
+    # request gets the server's answer on a new connection (nutcracker: often -ERR unknown).
+    bad = b"*2\r\n$3\r\nGET\r\n$4294967297\r\na\r\n"
+    with Proxy([f"{live.addr}:1 s0"]) as proxy:
+        for i in range(1, 4):
+            got = proxy.ask(bad, 1)
+            assert len(got) == 1 and got[0].startswith(b"-ERR Protocol error"), got
+            assert wait_for(lambda i=i: proxy.stats()["s0"]["server_eof"] == i)
+            time.sleep(0.1)
+            assert proxy.ask(resp("GET", "a"), 1) == [b"$-1\r\n"]
+        stats = proxy.stats()["s0"]
+        assert stats["server_eof"] == 3 and stats["server_err"] == 0
+
+
 def test_a_success_resets_the_failure_count(live: RedisServer) -> None:
     target = RedisServer().start()
     relay = FaultProxy(target.port)

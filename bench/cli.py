@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if err:
         print(err, file=sys.stderr)
         return 2
+    logs = a.out / "logs"
     labels = labels_for(a.kinds)
     meta = _meta(a, labels)
     _check_quiet(meta)
@@ -134,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     backends: Backends | None = None
     proxies: list[Proxy] = []
     try:
-        backends = start_backends(a.out / "logs")
+        backends = start_backends(logs)
         _prefill(backends)
-        proxies = [Proxy(k, lab, a.out / "logs", backends, src=src, window_us=w)
+        proxies = [Proxy(k, lab, logs, backends, src=src, window_us=w)
                    for k, lab, src, w in zip(a.kinds, labels, a.srcs, a.windows)]
         for p in proxies:
             _ensure_running(p)

@@ -17,7 +17,7 @@ import pytest
 
 from bench import fleet
 from tests.support.procs import Memcached, Proc, RedisServer, free_port, wait_port
-from tests.support.rig import exchange, resp
+from tests.support.rig import exchange, read_exactly, resp
 
 
 class Floor(Proc):
@@ -50,16 +50,6 @@ def floor(request: pytest.FixtureRequest,
             assert f.alive(), f.log()
 
 
-def _read_exactly(s: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 def test_mget_is_split_over_both_servers_and_merged_in_key_order(
         floor: tuple[Floor, list[RedisServer]]) -> None:
     f, servers = floor
@@ -86,7 +76,7 @@ def test_pipelined_requests_cut_at_every_byte_are_answered_in_order(
         for i in range(len(reqs)):
             s.sendall(reqs[i:i + 1])
         head = b"+OK\r\n*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n1\r\n$1\r\n1\r\n+PONG\r\n:"
-        got = _read_exactly(s, len(head) + 3)
+        got = read_exactly(s, len(head) + 3)
     assert got.startswith(head) and got.endswith(b"\r\n"), got
 
 

@@ -15,8 +15,9 @@ Conversations are built so that their outcome does not depend on a race inside e
 Timing: nutcracker closes a client after a failed MGET at its next event; if that event is a
 read (more requests, or the client's EOF), it closes without writing anything. The tests
 make the order certain: an MGET that fails on a timeout (300 ms) with the client already
-half-closed gets no reply from either proxy; an MGET that fails without the EOF gets its error
-and the replies ready with it.
+half-closed gets no reply from either proxy, unless requests that failed with it on the same
+server's timeout are still unwritten ahead of it (then they, and it, are all written); an MGET
+that fails without the EOF gets its error and the replies ready with it.
 """
 
 from __future__ import annotations
@@ -304,6 +305,9 @@ def test_timeout() -> None:
         conv(get(L) + resp("MGET", L, D) + get(L), quiet=2),  # half-closed: no MGET reply
         conv(resp("DEL", L, D) + get(L), quiet=2),
         conv(resp("MSET", L, "1", D, "2") + get(L2), quiet=2),
+        # half-closed, but a SET that times out with the MGET (the same connection closes)
+        # is ahead of it: everything is written, the MGET's error too, then the close
+        conv(resp("SET", D, "x") + get(L2) + resp("MGET", D, D2), quiet=2),
     ]
     try:
         with Proxies([f"{live.addr}:1 s0", f"127.0.0.1:{hole.port}:1 s1"],
@@ -312,6 +316,8 @@ def test_timeout() -> None:
             assert out["keyshard"][0] == (b"-ERR Connection timed out\r\n$-1\r\n"
                                           b"-ERR Connection timed out\r\n<EOF>")
             assert out["keyshard"][2] == b"$-1\r\n<EOF>"
+            assert out["keyshard"][5] == (b"-ERR Connection timed out\r\n$-1\r\n"
+                                          b"-ERR Connection timed out\r\n<EOF>")
             assert_same(out)
             assert_same_counters(proxies)
     finally:
@@ -432,12 +438,15 @@ def test_memcache_timeout_and_error_fragment(memcached: Memcached) -> None:
         conv(mc(f"get {D}\nget {L}\n"), quiet=2),
         conv(mc(f"get {L} {D}\nget {L}\n"), half=False, quiet=2),
         conv(mc(f"get {L}\nget {L} {D}\nget {L}\n"), quiet=2),  # half-closed: nothing more
+        conv(mc(f"get {D}\nget {L}\nget {D} {D2}\n"), quiet=2),  # a failed get ahead: all
     ]
     try:
         with Proxies([f"{memcached.addr}:1 s0", f"127.0.0.1:{hole.port}:1 s1"], redis=False,
                      timeout=300) as proxies:
             out = both(proxies, steps, parallel=True)
             assert out["keyshard"][2] == b"END\r\n<EOF>"
+            assert out["keyshard"][3] == (b"SERVER_ERROR Connection timed out\r\nEND\r\n"
+                                          b"SERVER_ERROR Connection timed out\r\n<EOF>")
             assert_same(out)
             assert_same_counters(proxies)
         with Proxies([f"{memcached.addr}:1 s0", f"127.0.0.1:{err.port}:1 s1"],

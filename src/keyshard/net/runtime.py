@@ -17,7 +17,10 @@ Rule 5: a failed MGET (redis, a fragment's connection failed) or a failed multi-
         (memcache, any error) closes the client, as nutcracker does: the client gets the
         replies that are ready when the error reply is written, including it, and then the
         close. It gets nothing more if the failure is known while its own read is dispatched
-        (no server live: every fragment failed at once), or if it already half-closed.
+        (no server live: every fragment failed at once), or if it already half-closed and
+        the failed request is the first one not yet written: nothing answered ahead of it
+        waits in `wbuf`. (Earlier requests that failed with it, on the same server's
+        timeout or close, are still written, and it too, as nutcracker writes them.)
 Rule 6: `forward_error` counts the error replies made for a client still there (one per split
         request); the requests of a client that went away are swallowed (`server.SWALLOW`).
 """
@@ -206,7 +209,8 @@ def finish_failed(owner: Any) -> None:
         close = runtime.close_on_merge_error(parent, owner.replies)
     if close:
         queue = client.queue
-        if owner.splitting or (client.eof and queue and queue[0] is parent):
+        if owner.splitting or (client.eof and queue and queue[0] is parent
+                               and not client.wbuf):
             # nutcracker closes within this read, or at the client's next event, which is
             # a read (its EOF), before any write: nothing more is sent (Rule 5)
             client.wbuf = []

@@ -242,6 +242,54 @@ def test_stray_reply_closes_the_connection(live: RedisServer) -> None:
         fake.close()
 
 
+@pytest.mark.parametrize("reply", [
+    b":1\r\n", b"+OK\r\n", b"*-1\r\n", b"*1\r\n:5\r\n",
+    b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n",
+])
+def test_mget_fragment_of_the_wrong_shape(live: RedisServer, reply: bytes) -> None:
+    """A fragment answered with a reply an MGET cannot merge: -ERR Invalid argument, then the
+    next request's reply in step, or the close where nutcracker's reads would close (README:
+    nutcracker passes on a corrupt stream here, spins, or crashes on `*-1`)."""
+    fake = Scripted(reply=reply)
+    try:
+        with Proxy([f"{live.addr}:1 s0", f"127.0.0.1:{fake.port}:1 s1"]) as proxy:
+            live.client().set(L, "v")
+            closes = close_on_merge_error(mget(), [0, 1], [b"*1\r\n$1\r\nv\r\n", reply])
+            with proxy.connect() as sock:
+                sock.sendall(resp("MGET", L, D) + resp("GET", L))
+                got = read_replies(sock, REDIS, 2, timeout=2)
+                sock.settimeout(0.3)
+                try:
+                    rest: bytes | None = sock.recv(100)
+                except TimeoutError:
+                    rest = None  # still open, nothing more
+            assert got[0] == b"-ERR Invalid argument\r\n"
+            if closes:  # the GET's reply goes out with the error if it is ready by then
+                assert got[1:] in ([], [b"$1\r\nv\r\n"]) and rest == b""
+            else:
+                assert got[1:] == [b"$1\r\nv\r\n"] and rest is None
+            assert proxy.ask(resp("MGET", L, L2), 1) == [b"*2\r\n$1\r\nv\r\n$-1\r\n"]
+            assert proxy.stats()["forward_error"] == 1
+    finally:
+        fake.close()
+
+
+def test_multiget_fragment_with_a_block_too_many(procs: Any) -> None:
+    """A memcache multi-get fragment's reply carries a VALUE block for a key nobody asked for:
+    dropped (nutcracker writes it after the merged END, into the client's next reply)."""
+    mc = procs(Memcached().start())
+    fake = Scripted(reply=f"VALUE {D} 0 1\r\nd\r\nVALUE zz 0 1\r\nz\r\nEND\r\n".encode(),
+                    memcache=True)
+    try:
+        with Proxy([f"{mc.addr}:1 s0", f"127.0.0.1:{fake.port}:1 s1"], redis=False) as proxy:
+            assert proxy.ask(f"set {L} 0 0 1\r\nv\r\n".encode(), 1) == [b"STORED\r\n"]
+            got = proxy.ask(f"get {L} {D}\r\nget {L}\r\n".encode(), 2)
+            assert got == [f"VALUE {L} 0 1\r\nv\r\nVALUE {D} 0 1\r\nd\r\nEND\r\n".encode(),
+                           f"VALUE {L} 0 1\r\nv\r\nEND\r\n".encode()]
+    finally:
+        fake.close()
+
+
 def test_next_request_after_a_server_closed_its_connection(live: RedisServer) -> None:
     # A length nutcracker and keyshard both wrap modulo 2**32 (to 1) reaches the real
     # redis-server as a protocol error: it answers and closes its end. The next client's

@@ -132,12 +132,27 @@ cdef object _py_drain = None
 
 @cython.freelist(16)
 cdef class _Dest:
-    """A server's ready connection during one `dispatch` (no timeout): its queues and the
-    requests counted for its slot but not yet added to `slot.stats`."""
+    """A server's ready connection during one `dispatch`: its queues, the deadline of the
+    requests queued on it in this read (0.0: the pool has no timeout) and the requests counted
+    for its slot but not yet added to `slot.stats`."""
     cdef object stats, outq
     cdef ServerFields conn
     cdef list wbuf
     cdef Py_ssize_t nreq, nbytes
+    cdef double deadline
+
+
+cdef inline int _timed(object loop, ServerFields conn, object req, double deadline) except -1:
+    """A request that expects a reply, queued on a connection with a timeout: its deadline, and
+    the connection's timer armed if it has none (ServerConn Rule 3: the timer re-arms itself,
+    so this is rare under load)."""
+    if type(req) is Request:
+        (<Request>req).deadline = deadline
+    else:
+        req.deadline = deadline
+    if conn.timer is None:
+        conn.timer = loop.call_at(deadline, conn.check_timeout)
+    return 0
 
 
 cdef int _settle(list dests) except -1:
@@ -272,6 +287,8 @@ cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssiz
     _set(req, O_SERVER, d.conn, "server")
     if not noreply:
         _deque_append(d.outq, req)
+        if d.deadline > 0.0:
+            _timed(self.loop, d.conn, req, d.deadline)
     PyList_Append(d.wbuf, raw)
     return F_USED
 
@@ -279,7 +296,7 @@ cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssiz
 cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize_t idx,
                         list dests, int used) except -1:
     """The read's first request for server `idx`: its ready connection (opened if need be)
-    becomes a destination in dests, unless it has a timeout (then `conn.send` itself)."""
+    becomes a destination in dests."""
     cdef SlotFields slot = self.slots[idx]
     cdef int reroute = 0
     cdef ServerFields conn
@@ -294,29 +311,26 @@ cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize
             self.forward_failed(req, slot.error)
             return reroute
     conn = conn_obj
-    raw = _get(req, O_RAW, "raw")
-    if conn.timeout > 0.0:  # conn.send(req) itself: it arms the timer
-        if used:
-            _settle(dests)
-        _count_requests(slot.stats, 1, len(raw))
-        conn_obj.send(req)
-        return reroute
-    dests[idx] = _new_dest(conn, slot.stats, req, raw, noreply)
+    dests[idx] = _new_dest(self, conn, slot.stats, req, _get(req, O_RAW, "raw"), noreply)
     return F_USED | reroute
 
 
-cdef _Dest _new_dest(ServerFields conn, object stats, object req, object raw, object noreply):
-    """conn.send(req), inlined for a connection without a timeout; the connection's queues
-    kept for the read's next requests to the same server."""
+cdef _Dest _new_dest(RuntimeFields self, ServerFields conn, object stats, object req,
+                     object raw, object noreply):
+    """conn.send(req), inlined; the connection's queues (and the deadline, the loop's clock
+    read once) kept for the read's next requests to the same server."""
     cdef _Dest d = _Dest.__new__(_Dest)
     d.stats = stats
     d.conn = conn
     d.nreq = 1
     d.nbytes = len(raw)
+    d.deadline = self.loop.time() + conn.timeout if conn.timeout > 0.0 else 0.0
     _set(req, O_SERVER, conn, "server")
     outq = conn.outq
     if not noreply:
         _deque_append(outq, req)
+        if d.deadline > 0.0:
+            _timed(self.loop, conn, req, d.deadline)
     wbuf = conn.wbuf
     PyList_Append(wbuf, raw)
     if not conn.dirty:
@@ -341,9 +355,6 @@ def server_data_received(ServerFields self, data):
             return  # a bad reply: the connection failed
         if paired > self.swallowed and (<RuntimeFields?>self.runtime).pool.auto_eject:
             self.slot.ok()  # ServerSlot.ok: pool.success when auto_eject_hosts
-        if self.timer is not None and not outq:
-            self.timer.cancel()
-            self.timer = None
     if parser_error(self.parser) is not None:
         self.fail(EINVAL, "server_err")
 

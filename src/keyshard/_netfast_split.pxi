@@ -194,12 +194,11 @@ cdef inline bint _send_fragment(RuntimeFields self, SplitOwner owner, Request fr
     raw = frag.raw
     _count_requests(slot.stats, 1, len(raw))
     cdef ServerFields conn = conn_obj
-    if conn.timeout > 0.0:
-        conn_obj.send(frag)
-        return True
-    # conn.send(frag), inlined for a connection without a timeout
+    # conn.send(frag), inlined
     _set(frag, O_SERVER, conn, "server")
     _deque_append(conn.outq, frag)
+    if conn.timeout > 0.0:
+        _timed(self.loop, conn, frag, self.loop.time() + conn.timeout)
     PyList_Append(conn.wbuf, raw)
     if not conn.dirty:
         _mark(conn)

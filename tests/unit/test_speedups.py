@@ -593,15 +593,28 @@ def test_field_annotations_are_the_slots() -> None:
         assert all(type(ref.__dict__[n]).__name__ == "member_descriptor" for n in slots), ref
 
 
+class _Timer:
+    def __init__(self, when: float, cb: Any) -> None:
+        self.when, self.cb, self.cancelled = when, cb, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class _Loop:
     def __init__(self) -> None:
         self.soon: list[Any] = []
+        self.timers: list[_Timer] = []  # every call_at, in order (fired by the test)
 
     def time(self) -> float:
         return 1.0
 
     def call_soon(self, cb: Any, *args: Any) -> None:
         self.soon.append((cb, args))
+
+    def call_at(self, when: float, cb: Any) -> _Timer:
+        self.timers.append(_Timer(when, cb))
+        return self.timers[-1]
 
     def run(self) -> None:
         while self.soon:
@@ -667,14 +680,17 @@ def _runtime(nservers: int, connected: bool = True, redis: bool = True,
     return rt, loop, conns
 
 
-def _net_transcript(observe: bool) -> list[Any]:
+def _net_transcript(observe: bool, timeout: float = 0.0) -> list[Any]:
     """One client, three servers: pipelined forwards, a split, a local request, noreply-free
-    replies in several reads and a failure reply; everything written and counted."""
+    replies in several reads and a failure reply; everything written and counted (with a
+    `timeout`: the requests' deadlines and the timers armed too)."""
     from keyshard.net.client import ClientConn
     from keyshard.net.server import ServerConn
     from keyshard.stats import counters
 
     rt, loop, conns = _runtime(3)
+    for conn in conns:
+        conn.timeout = timeout
     seen: list[Any] = []
     if observe:
         rt.observe = lambda cmd, secs: seen.append(cmd)
@@ -689,6 +705,7 @@ def _net_transcript(observe: bool) -> list[Any]:
     client.data_received(stream[100:])
     loop.run()
     out: list[Any] = [[b"".join(c.transport.out) for c in conns]]
+    out.append([[req.deadline for req in c.outq] for c in conns])
 
     def answer(conn: ServerConn, fail_at: int = -1) -> bytes:
         parts = []
@@ -713,16 +730,19 @@ def _net_transcript(observe: bool) -> list[Any]:
     out.append([counters(s.stats) for s in rt.slots])
     out.append(counters(rt.stats))
     out.append((len(client.queue), client.closing, ct.closed, seen))
+    out.append([(t.when, t.cb.__self__ is conn, t.cancelled)
+                for conn in conns for t in loop.timers if t.cb.__self__ is conn])
     return out
 
 
 @needs_net
-@pytest.mark.parametrize("observe", [False, True])
-def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("observe", "timeout"), [(False, 0.0), (True, 0.0), (False, 0.4)])
+def test_net_twins_match_the_reference(observe: bool, timeout: float,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from keyshard.net import client, runtime, server, writer
 
     assert _netfast is not None
-    compiled = _net_transcript(observe)
+    compiled = _net_transcript(observe, timeout)
     monkeypatch.setattr(runtime.PoolRuntime, "dispatch", runtime.py_dispatch)
     monkeypatch.setattr(runtime.PoolRuntime, "split", runtime.py_split)
     monkeypatch.setattr(runtime, "SplitOwner", runtime.PySplitOwner)
@@ -732,9 +752,15 @@ def test_net_twins_match_the_reference(observe: bool, monkeypatch: pytest.Monkey
     monkeypatch.setattr(client.ClientConn, "data_received", client.py_data_received)
     monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
     monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
-    pure = _net_transcript(observe)
+    pure = _net_transcript(observe, timeout)
     assert compiled == pure
-    assert len(pure[-3]) > 0
+    assert len(pure[-4]) > 0
+    deadlines = [d for conn_deadlines in pure[1] for d in conn_deadlines]
+    assert deadlines and set(deadlines) == {1.0 + timeout if timeout else 0.0}
+    # a timer per connection that was sent something (the second and third), armed once; the
+    # replies do not cancel it, the third's failure (-LOADING) does
+    assert pure[-1] == ([(1.0 + timeout, True, False), (1.0 + timeout, True, True)]
+                        if timeout else [])
 
 
 def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:
@@ -799,6 +825,57 @@ class _Clock(_Loop):
     def time(self) -> float:
         self.reads += 1
         return self.now
+
+
+@pytest.mark.parametrize("mget", [False, True])
+def test_a_server_timer_outlives_its_replies_and_re_arms_itself(mget: bool) -> None:
+    """ServerConn Rule 3, in both modes, for a forwarded request and a split one: the first
+    request arms the connection's timer, replies do not cancel it, a firing re-arms it at the
+    head's deadline or lets it lapse on an empty queue, and a head past its deadline fails the
+    connection with the timeout error."""
+    from keyshard.net.client import ClientConn
+
+    clock = _Clock()
+    rt, _, conns = _runtime(1, loop=clock)
+    conn = conns[0]
+    conn.timeout = 0.4
+    client = ClientConn(rt)
+    out = _Transport()
+    client.connection_made(out)  # type: ignore[arg-type]
+
+    def ask(at: float, key: bytes) -> None:
+        clock.now = at
+        client.data_received(_cmd(b"MGET", key, key + b"2") if mget else _cmd(b"GET", key))
+        clock.run()
+
+    def answer() -> None:
+        conn.data_received(b"*2\r\n$1\r\nx\r\n$1\r\ny\r\n" if mget else b"$1\r\nx\r\n")
+        clock.run()
+
+    def fire(at: float) -> None:
+        clock.now = at
+        clock.timers[-1].cb()
+
+    ask(1.0, b"a")
+    assert [t.when for t in clock.timers] == [pytest.approx(1.4)]
+    answer()
+    assert not conn.outq and conn.timer is clock.timers[0] and not conn.timer.cancelled
+    ask(1.2, b"b")  # the pending timer watches it: none armed
+    assert len(clock.timers) == 1 and conn.outq[0].deadline == pytest.approx(1.6)
+    fire(1.4)  # early for the head: re-armed at its deadline
+    assert [t.when for t in clock.timers][1:] == [pytest.approx(1.6)]
+    assert conn.timer is clock.timers[1]
+    answer()
+    fire(1.6)  # nothing waits: the timer lapses
+    assert conn.timer is None and len(clock.timers) == 2 and not conn.closed
+    ask(1.7, b"c")
+    assert conn.timer is clock.timers[2] and clock.timers[2].when == pytest.approx(2.1)
+    fire(2.1)
+    clock.run()
+    assert conn.closed and rt.slots[0].stats.server_timedout == 1
+    assert out.out[-1] == b"-ERR Connection timed out\r\n"
+    reply = b"*2\r\n$1\r\nx\r\n$1\r\ny\r\n" if mget else b"$1\r\nx\r\n"
+    assert out.out[:2] == [reply, reply]
 
 
 @pytest.mark.parametrize("mget", [False, True])

@@ -57,12 +57,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="pin the clients to the last CPU and the proxies and backends to the "
                          "others: less run-to-run noise, but not the default setting, where "
                          "the scheduler places everything on the shared cores")
+    ap.add_argument("--timeout", type=int, default=0, metavar="MS",
+                    help="give both pools `timeout: MS` (default: none, as nutcracker's "
+                         "default); most production pools set one")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 3)
     a.seconds = a.seconds or (1.0 if a.quick else 4.0)
     if not 1 <= a.reps <= 20 or not 0.2 <= a.seconds <= 60 or not 1 <= a.idle_conns <= 10000:
         ap.error("--reps must be 1..20, --seconds 0.2..60, --idle-conns 1..10000")
+    if not 0 <= a.timeout <= 3_600_000:
+        ap.error("--timeout must be 0..3600000 ms")
     a.workloads = select_workloads(a.only, ap)
     try:
         a.kinds, a.srcs, a.windows = proxy_specs(a.proxies)
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends = start_backends(logs)
         _prefill(backends)
-        proxies = [Proxy(k, lab, logs, backends, src=src, window_us=w)
+        proxies = [Proxy(k, lab, logs, backends, src=src, window_us=w, timeout_ms=a.timeout)
                    for k, lab, src, w in zip(a.kinds, labels, a.srcs, a.windows)]
         for p in proxies:
             _ensure_running(p)
@@ -295,7 +300,7 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
                          + out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
                     for lab, kind, src in zip(labels, a.kinds, a.srcs)
                     if src is not None and kind == "keyshard"},
-        "pinned": a.pin,
+        "pinned": a.pin, "timeout_ms": a.timeout,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,
         "cores": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0],

@@ -180,9 +180,12 @@ def start_backends(log_dir: Path) -> Backends:
     return Backends(started[:2], started[2], rports, mport)
 
 
-def pool_conf(redis_listen: int, mc_listen: int, b: Backends) -> str:
-    """The nutcracker.yml both proxies read: the same pools, only the listen ports differ."""
+def pool_conf(redis_listen: int, mc_listen: int, b: Backends, timeout_ms: int = 0) -> str:
+    """The nutcracker.yml both proxies read: the same pools, only the listen ports differ;
+    with `timeout_ms`, both pools have that `timeout:` (`--timeout`)."""
     common = ["  hash: fnv1a_64", "  distribution: ketama"]
+    if timeout_ms:
+        common.append(f"  timeout: {timeout_ms}")
     lines = ["alpha:", f"  listen: 127.0.0.1:{redis_listen}", *common, "  redis: true",
              "  servers:", *[f"   - 127.0.0.1:{p}:1" for p in b.redis_ports],
              "", "gamma:", f"  listen: 127.0.0.1:{mc_listen}", *common,
@@ -201,6 +204,7 @@ class Proxy:
     src: Path | None = None       # keyshard: the source tree to import (None: this checkout's);
                                   # floor: its binary (build_floor)
     window_us: int = 0            # floor: FLOOR_HOLD_US, its batching window (0: none)
+    timeout_ms: int = 0           # the pools' `timeout:` (0: none; the floor reads no config)
     redis_port: int = field(default_factory=free_port)
     mc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
@@ -233,7 +237,8 @@ class Proxy:
 
     def start(self) -> None:
         """Start (or restart) on the same ports; raises RuntimeError with the log tail."""
-        self.conf_path().write_text(pool_conf(self.redis_port, self.mc_port, self.backends))
+        self.conf_path().write_text(pool_conf(self.redis_port, self.mc_port, self.backends,
+                                              self.timeout_ms))
         self.child = Child(self.label, self.argv(), self.log_dir, self.env())
         self.child.spawn()
         self.starts += 1

@@ -66,18 +66,20 @@ class _Sink:
         return False
 
 
-def _pool(redis: bool) -> tuple[Any, _Loop, list[Any]]:
-    """The pools of `make bench`: two redis-servers, one memcached."""
+def _pool(redis: bool, timeout: float) -> tuple[Any, _Loop, list[Any]]:
+    """The pools of `make bench`: two redis-servers, one memcached (with a `timeout` in
+    seconds, as `python -m bench --timeout`; the fake loop's timers never fire)."""
     rt, loop, servers = _runtime(2 if redis else 1, redis=redis)
     for server in servers:
         server.transport = _Sink()
+        server.timeout = timeout
     return rt, loop, servers
 
 
-def measure(name: str, rounds: int) -> float:
+def measure(name: str, rounds: int, timeout: float = 0.0) -> float:
     """Nanoseconds of user time per request (best of 5)."""
     redis, request, reply = WORKLOADS[name]
-    rt, loop, servers = _pool(redis)
+    rt, loop, servers = _pool(redis, timeout)
     clients = []
     for _ in range(CLIENTS):
         client = ClientConn(rt)
@@ -114,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
     ap.add_argument("workloads", nargs="*", help=f"of {', '.join(WORKLOADS)} (default: all)")
     ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument("--timeout", type=int, default=0, metavar="MS",
+                    help="the pool's timeout (default: none)")
     a = ap.parse_args(argv)
     unknown = [w for w in a.workloads if w not in WORKLOADS]
     if unknown:
         ap.error(f"unknown workload {unknown[0]!r}")
     mode = "compiled" if speedups_in_use() else "pure Python"
     for name in a.workloads or WORKLOADS:
-        print(f"{name:8} {measure(name, a.rounds):8.0f} ns per request ({mode})")
+        ns = measure(name, a.rounds, a.timeout / 1000.0)
+        print(f"{name:8} {ns:8.0f} ns per request ({mode}"
+              + (f", timeout {a.timeout} ms)" if a.timeout else ")"))
     return 0
 
 

@@ -173,7 +173,9 @@ def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
             f"Medians of {meta.get('reps')} interleaved run(s) per cell; {legend}; "
             f"ratios are against {labels[0]} (rps: higher is better, CPU/request: lower is "
             f"better). {_sharing(meta)}. "
-            f"commit {meta.get('commit', '?')}; p99 from redis-benchmark (memcslap gives none).")
+            f"commit {meta.get('commit', '?')}; p99 from redis-benchmark (memcslap gives none)."
+            + (f" Both pools have `timeout: {meta['timeout_ms']}` (--timeout)."
+               if meta.get("timeout_ms") else ""))
 
 
 def _disturbance(summary: dict[str, dict[str, Cell]]) -> list[str]:

@@ -293,6 +293,21 @@ cdef inline int _forward(RuntimeFields self, object req, object noreply, Py_ssiz
     return F_USED
 
 
+cdef inline object _next_conn(SlotFields slot):
+    """`slot.conn()` when it would not open a connection: the next of the open ones in turn
+    (server_connections > 1), or None (then `slot.conn()` itself opens one)."""
+    cdef list conns = slot.conns
+    if conns is None:
+        return None
+    cdef Py_ssize_t n = len(conns)
+    if n == 0 or n < slot.limit:
+        return None
+    if n == 1:
+        return conns[0]
+    slot.next = (slot.next + 1) % n
+    return conns[slot.next]
+
+
 cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize_t idx,
                         list dests, int used) except -1:
     """The read's first request for server `idx`: its ready connection (opened if need be)
@@ -301,6 +316,8 @@ cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize
     cdef int reroute = 0
     cdef ServerFields conn
     conn_obj = slot.ready
+    if conn_obj is None:
+        conn_obj = _next_conn(slot)
     if conn_obj is None:
         if used:
             _settle(dests)
@@ -311,8 +328,32 @@ cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize
             self.forward_failed(req, slot.error)
             return reroute
     conn = conn_obj
-    dests[idx] = _new_dest(self, conn, slot.stats, req, _get(req, O_RAW, "raw"), noreply)
+    raw = _get(req, O_RAW, "raw")
+    if slot.limit > 1:  # server_connections: each request takes the next one (ServerSlot.conn)
+        _queue_on(self, conn, req, raw, noreply, _deadline(self, conn))
+        _count_requests(slot.stats, 1, len(raw))
+        return used | reroute
+    dests[idx] = _new_dest(self, conn, slot.stats, req, raw, noreply)
     return F_USED | reroute
+
+
+cdef inline double _deadline(RuntimeFields self, ServerFields conn) except? -1.0:
+    """The deadline of a request queued on conn now; 0.0 if its pool has no timeout."""
+    return self.loop.time() + conn.timeout if conn.timeout > 0.0 else 0.0
+
+
+cdef inline int _queue_on(RuntimeFields self, ServerFields conn, object req, object raw,
+                          object noreply, double deadline) except -1:
+    """conn.send(req), inlined (the slot's counts are the caller's)."""
+    _set(req, O_SERVER, conn, "server")
+    if not noreply:
+        _deque_append(conn.outq, req)
+        if deadline > 0.0:
+            _timed(self.loop, conn, req, deadline)
+    PyList_Append(conn.wbuf, raw)
+    if not conn.dirty:
+        _mark(conn)
+    return 0
 
 
 cdef _Dest _new_dest(RuntimeFields self, ServerFields conn, object stats, object req,
@@ -324,19 +365,10 @@ cdef _Dest _new_dest(RuntimeFields self, ServerFields conn, object stats, object
     d.conn = conn
     d.nreq = 1
     d.nbytes = len(raw)
-    d.deadline = self.loop.time() + conn.timeout if conn.timeout > 0.0 else 0.0
-    _set(req, O_SERVER, conn, "server")
-    outq = conn.outq
-    if not noreply:
-        _deque_append(outq, req)
-        if d.deadline > 0.0:
-            _timed(self.loop, conn, req, d.deadline)
-    wbuf = conn.wbuf
-    PyList_Append(wbuf, raw)
-    if not conn.dirty:
-        _mark(conn)
-    d.outq = outq
-    d.wbuf = wbuf
+    d.deadline = _deadline(self, conn)
+    _queue_on(self, conn, req, raw, noreply, d.deadline)
+    d.outq = conn.outq
+    d.wbuf = conn.wbuf
     return d
 
 # --------------------------------------------------------------------------------------------

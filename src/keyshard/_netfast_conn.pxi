@@ -38,6 +38,8 @@ cdef class RuntimeFields:
 cdef class SlotFields:
     """Twin of `keyshard.net.fields.SlotFields` (ServerSlot keeps a `__dict__` for the rest)."""
     cdef public object ready, stats
+    cdef public list conns
+    cdef public Py_ssize_t next, limit
     cdef dict __dict__
 
 

@@ -187,19 +187,16 @@ cdef inline bint _send_fragment(RuntimeFields self, SplitOwner owner, Request fr
         owner.req_failed(frag, self.codec.error_reply(ECONNREFUSED))
         return False
     cdef SlotFields slot = self.slots[idx]
-    conn_obj = slot.ready or slot.conn()
+    conn_obj = slot.ready
+    if conn_obj is None:
+        conn_obj = _next_conn(slot)
+        if conn_obj is None:
+            conn_obj = slot.conn()
     if conn_obj is None:
         owner.req_failed(frag, self.codec.error_reply(slot.error))
         return False
     raw = frag.raw
     _count_requests(slot.stats, 1, len(raw))
     cdef ServerFields conn = conn_obj
-    # conn.send(frag), inlined
-    _set(frag, O_SERVER, conn, "server")
-    _deque_append(conn.outq, frag)
-    if conn.timeout > 0.0:
-        _timed(self.loop, conn, frag, self.loop.time() + conn.timeout)
-    PyList_Append(conn.wbuf, raw)
-    if not conn.dirty:
-        _mark(conn)
+    _queue_on(self, conn, frag, raw, False, _deadline(self, conn))
     return True

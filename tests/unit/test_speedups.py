@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import os
 import subprocess
@@ -654,10 +655,11 @@ def _cmd(*args: bytes) -> bytes:
 
 
 def _runtime(nservers: int, connected: bool = True, redis: bool = True,
-             loop: _Loop | None = None) -> tuple[Any, _Loop, list[Any]]:
+             loop: _Loop | None = None, per_server: int = 1) -> tuple[Any, _Loop, list[Any]]:
     """A pool runtime (redis, or memcache) on a fake loop; with `connected`, each server has
-    one ready connection over a fake transport. Flusher is looked up at call time (tests swap
-    it). bench/micro.py drives it too."""
+    `per_server` connections (server_connections) over fake transports, the one of a single
+    connection ready. Flusher is looked up at call time (tests swap it). bench/micro.py
+    drives it too."""
     from keyshard.config import PoolConf, ServerConf
     from keyshard.net.runtime import PoolRuntime
     from keyshard.net.server import ServerConn
@@ -666,29 +668,33 @@ def _runtime(nservers: int, connected: bool = True, redis: bool = True,
     servers = [ServerConf(pname=f"127.0.0.1:{7000 + i}:1", name=f"s{i}", host="127.0.0.1",
                           port=7000 + i, weight=1, is_unix=False) for i in range(nservers)]
     conf = PoolConf(name="alpha", listen="127.0.0.1:22121", listen_host="127.0.0.1",
-                    listen_port=22121, redis=redis, servers=servers)
+                    listen_port=22121, redis=redis, servers=servers,
+                    server_connections=per_server)
     loop = loop or _Loop()
     rt = PoolRuntime(conf, loop, Flusher(loop))  # type: ignore[arg-type]
     conns = []
     for slot in rt.slots if connected else []:
-        conn = ServerConn(rt, slot)
-        conn.transport = _Transport()
-        conn.connected = True
-        slot.conns.append(conn)
-        slot.ready = conn
-        conns.append(conn)
+        for _ in range(per_server):
+            conn = ServerConn(rt, slot)
+            conn.transport = _Transport()
+            conn.connected = True
+            slot.conns.append(conn)
+            conns.append(conn)
+        if per_server == 1:
+            slot.ready = conn
     return rt, loop, conns
 
 
-def _net_transcript(observe: bool, timeout: float = 0.0) -> list[Any]:
+def _net_transcript(observe: bool, timeout: float = 0.0, per_server: int = 1) -> list[Any]:
     """One client, three servers: pipelined forwards, a split, a local request, noreply-free
     replies in several reads and a failure reply; everything written and counted (with a
-    `timeout`: the requests' deadlines and the timers armed too)."""
+    `timeout`: the requests' deadlines and the timers armed too; with `per_server`
+    connections to each server, which of them each request took)."""
     from keyshard.net.client import ClientConn
     from keyshard.net.server import ServerConn
     from keyshard.stats import counters
 
-    rt, loop, conns = _runtime(3)
+    rt, loop, conns = _runtime(3, per_server=per_server)
     for conn in conns:
         conn.timeout = timeout
     seen: list[Any] = []
@@ -701,8 +707,9 @@ def _net_transcript(observe: bool, timeout: float = 0.0) -> list[Any]:
                       + [_cmd(b"SET", b"s%d" % i, b"v") for i in range(10)]
                       + [_cmd(b"MGET", *[b"m%d" % i for i in range(8)]), _cmd(b"PING")]
                       + [_cmd(b"GET", b"z%d" % i) for i in range(10)])
-    client.data_received(stream[:100])
-    client.data_received(stream[100:])
+    cuts = [0, 100, 180, 260, 400, 520, len(stream)]  # reads: each takes a connection in turn
+    for start, end in itertools.pairwise(cuts):
+        client.data_received(stream[start:end])
     loop.run()
     out: list[Any] = [[b"".join(c.transport.out) for c in conns]]
     out.append([[req.deadline for req in c.outq] for c in conns])
@@ -736,13 +743,15 @@ def _net_transcript(observe: bool, timeout: float = 0.0) -> list[Any]:
 
 
 @needs_net
-@pytest.mark.parametrize(("observe", "timeout"), [(False, 0.0), (True, 0.0), (False, 0.4)])
-def test_net_twins_match_the_reference(observe: bool, timeout: float,
+@pytest.mark.parametrize(("observe", "timeout", "per_server"),
+                         [(False, 0.0, 1), (True, 0.0, 1), (False, 0.4, 1), (False, 0.0, 2),
+                          (False, 0.4, 3)])
+def test_net_twins_match_the_reference(observe: bool, timeout: float, per_server: int,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from keyshard.net import client, runtime, server, writer
 
     assert _netfast is not None
-    compiled = _net_transcript(observe, timeout)
+    compiled = _net_transcript(observe, timeout, per_server)
     monkeypatch.setattr(runtime.PoolRuntime, "dispatch", runtime.py_dispatch)
     monkeypatch.setattr(runtime.PoolRuntime, "split", runtime.py_split)
     monkeypatch.setattr(runtime, "SplitOwner", runtime.PySplitOwner)
@@ -752,11 +761,16 @@ def test_net_twins_match_the_reference(observe: bool, timeout: float,
     monkeypatch.setattr(client.ClientConn, "data_received", client.py_data_received)
     monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
     monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
-    pure = _net_transcript(observe, timeout)
+    pure = _net_transcript(observe, timeout, per_server)
     assert compiled == pure
     assert len(pure[-4]) > 0
     deadlines = [d for conn_deadlines in pure[1] for d in conn_deadlines]
     assert deadlines and set(deadlines) == {1.0 + timeout if timeout else 0.0}
+    if per_server > 1:  # server_connections: every connection of a server that got requests
+        written = [bool(w) for w in pure[0]]  # took some (round robin over the reads)
+        by_server = [written[i:i + per_server] for i in range(0, len(written), per_server)]
+        assert [all(w) for w in by_server if any(w)] == [True] * sum(map(any, by_server))
+        return
     # a timer per connection that was sent something (the second and third), armed once; the
     # replies do not cancel it, the third's failure (-LOADING) does
     assert pure[-1] == ([(1.0 + timeout, True, False), (1.0 + timeout, True, True)]

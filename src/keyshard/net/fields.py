@@ -96,9 +96,12 @@ class RuntimeFields:
 class SlotFields:
     """What the hot paths read of a server slot (keyshard.net.runtime.ServerSlot)."""
 
-    __slots__ = ("ready", "stats", "__dict__")
+    __slots__ = ("ready", "stats", "conns", "next", "limit", "__dict__")
     ready: ServerConn | None
     stats: ServerStats
+    conns: list[ServerConn]
+    next: int
+    limit: int
 
 
 # The references stay reachable under these names (tests).

@@ -67,16 +67,19 @@ class ServerSlot(SlotFields):
         self.conf = conf
         self.stats = ServerStats()
         self.conns: list[ServerConn] = []
-        self.next = 0
+        self.next = 0  # the last of `conns` used (round robin)
+        self.limit = runtime.conf.server_connections
         self.total_conns = 0
         self.error = ""  # why the last `open` failed at once
         # the one connection to use without asking `conn()` (server_connections: 1; hot path)
         self.ready: ServerConn | None = None
 
     def conn(self) -> ServerConn | None:
-        """A connection to send on, or None if a new one failed at once (`self.error`)."""
+        """A connection to send on, or None if a new one failed at once (`self.error`): a new
+        one while fewer than `server_connections` are open, else the next in turn (the
+        compiled twin picks among open ones itself: keyshard._netfast `_next_conn`)."""
         conns = self.conns
-        if len(conns) < self.runtime.conf.server_connections:
+        if len(conns) < self.limit:
             return self.open()
         if len(conns) == 1:
             return conns[0]
@@ -96,7 +99,7 @@ class ServerSlot(SlotFields):
             self.failed(error)
             return None
         self.conns.append(conn)
-        if self.runtime.conf.server_connections == 1:
+        if self.limit == 1:
             self.ready = conn
         return conn
 

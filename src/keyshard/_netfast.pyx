@@ -311,7 +311,8 @@ cdef inline object _next_conn(SlotFields slot):
 cdef int _forward_first(RuntimeFields self, object req, object noreply, Py_ssize_t idx,
                         list dests, int used) except -1:
     """The read's first request for server `idx`: its ready connection (opened if need be)
-    becomes a destination in dests."""
+    becomes a destination in dests. With several connections per server no destination is
+    kept: every request comes here and takes the next connection (ServerSlot.conn)."""
     cdef SlotFields slot = self.slots[idx]
     cdef int reroute = 0
     cdef ServerFields conn

@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "commit, to compare two builds in one interleaved run; floor is "
                          "bench/floor.c, a minimal C proxy (built with cc): what the machine "
                          "leaves for any proxy; floor=N holds its writes to a server N "
-                         "microseconds (a batching window)")
+                         "microseconds (a batching window); keyshard+metrics (or "
+                         "keyshard+metrics=DIR) is keyshard serving /metrics "
+                         "(--metrics-addr), every reply counted in its latency histograms")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")
@@ -76,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+KINDS = ("nutcracker", "keyshard", "keyshard+metrics", "floor")
+
+
 def proxy_specs(text: str) -> tuple[list[str], list[Path | None], list[int]]:
     """`--proxies`: the kinds; for each the keyshard source tree to run (None: this one); and
     for each floor its hold window in microseconds (`floor=N`; 0 for the rest)."""
@@ -86,8 +91,9 @@ def proxy_specs(text: str) -> tuple[list[str], list[Path | None], list[int]]:
         if not spec:
             continue
         kind, eq, where = spec.partition("=")
-        if kind not in ("nutcracker", "keyshard", "floor") or (eq and kind == "nutcracker"):
-            raise ValueError("--proxies takes nutcracker, keyshard, keyshard=DIR, floor or "
+        if kind not in KINDS or (eq and kind == "nutcracker"):
+            raise ValueError("--proxies takes nutcracker, keyshard, keyshard=DIR, "
+                             "keyshard+metrics, keyshard+metrics=DIR, floor or "
                              f"floor=MICROSECONDS, not {spec!r}")
         src, window = None, 0
         if eq and kind == "floor":
@@ -299,7 +305,7 @@ def _meta(a: argparse.Namespace, labels: list[str]) -> dict[str, Any]:
         "sources": {lab: f"{src}, commit "
                          + out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
                     for lab, kind, src in zip(labels, a.kinds, a.srcs)
-                    if src is not None and kind == "keyshard"},
+                    if src is not None and kind.startswith("keyshard")},
         "pinned": a.pin, "timeout_ms": a.timeout,
         "workloads": [w.name for w in a.workloads], "clients": workloads.CLIENTS,
         "keyspace": workloads.KEYSPACE, "idle_conns": a.idle_conns,

@@ -197,7 +197,8 @@ def pool_conf(redis_listen: int, mc_listen: int, b: Backends, timeout_ms: int = 
 class Proxy:
     """nutcracker or keyshard over the shared backends, with its own ports."""
 
-    kind: str                     # "nutcracker", "keyshard" or "floor" (bench/floor.c)
+    kind: str                     # "nutcracker", "keyshard", "keyshard+metrics" (serving
+                                  # /metrics) or "floor" (bench/floor.c)
     label: str                    # unique name in the report ("nutcracker", "nutcracker-2")
     log_dir: Path
     backends: Backends
@@ -208,6 +209,7 @@ class Proxy:
     redis_port: int = field(default_factory=free_port)
     mc_port: int = field(default_factory=free_port)
     stats_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     child: Child | None = None
     starts: int = 0
     failed_starts: int = 0        # consecutive; reset by a start that works
@@ -222,13 +224,15 @@ class Proxy:
             return [str(self.src), str(self.redis_port), str(self.mc_port),
                     str(self.backends.memcached_port), *map(str, self.backends.redis_ports)]
         prog = [NUTCRACKER] if self.kind == "nutcracker" else [sys.executable, "-m", "keyshard"]
+        metrics = (["--metrics-addr", f"127.0.0.1:{self.metrics_port}"]
+                   if self.kind == "keyshard+metrics" else [])
         return [*prog, "-c", str(self.conf_path()), "-s", str(self.stats_port),
-                "-a", "127.0.0.1", "-v", "4"]
+                "-a", "127.0.0.1", "-v", "4", *metrics]
 
     def env(self) -> dict[str, str] | None:
         if self.kind == "floor" and self.window_us:
             return {**os.environ, "FLOOR_HOLD_US": str(self.window_us)}
-        if self.kind != "keyshard":
+        if not self.kind.startswith("keyshard"):
             return None
         env = dict(os.environ)
         src = self.src if self.src is not None else ROOT / "src"

@@ -23,6 +23,7 @@ from typing import Any
 
 from keyshard import speedups_in_use
 from keyshard.net.client import ClientConn
+from keyshard.prometheus import Latency
 from tests.unit.test_speedups import _cmd, _Loop, _runtime, _Transport
 
 CLIENTS = 50
@@ -66,23 +67,28 @@ class _Sink:
         return False
 
 
-def _pool(redis: bool, timeout: float, conns: int) -> tuple[Any, _Loop, list[Any]]:
+def _pool(redis: bool, timeout: float, conns: int,
+          metrics: bool = False) -> tuple[Any, _Loop, list[Any]]:
     """The pools of `make bench`: two redis-servers, one memcached (with a `timeout` in
     seconds, as `python -m bench --timeout`; the fake loop's timers never fire), `conns`
-    connections to each (server_connections)."""
+    connections to each (server_connections), with the latency histograms of
+    `--metrics-addr` if `metrics`."""
     rt, loop, servers = _runtime(2 if redis else 1, redis=redis, per_server=conns)
+    if metrics:
+        rt.latency = Latency()
     for server in servers:
         server.transport = _Sink()
         server.timeout = timeout
     return rt, loop, servers
 
 
-def measure(name: str, rounds: int, timeout: float = 0.0, conns: int = 1) -> float:
+def measure(name: str, rounds: int, timeout: float = 0.0, conns: int = 1,
+            metrics: bool = False) -> float:
     """Nanoseconds of user time per request (best of 5). With several connections per server
     the requests a connection gets change from round to round: its replies are made anew
     each round, and that cost is in the figure."""
     redis, request, reply = WORKLOADS[name]
-    rt, loop, servers = _pool(redis, timeout, conns)
+    rt, loop, servers = _pool(redis, timeout, conns, metrics)
     clients = []
     for _ in range(CLIENTS):
         client = ClientConn(rt)
@@ -123,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pool's timeout (default: none)")
     ap.add_argument("--conns", type=int, default=1, metavar="N",
                     help="the pool's server_connections (default: 1)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="observe latency, as keyshard --metrics-addr does")
     a = ap.parse_args(argv)
     unknown = [w for w in a.workloads if w not in WORKLOADS]
     if unknown:
         ap.error(f"unknown workload {unknown[0]!r}")
     mode = "compiled" if speedups_in_use() else "pure Python"
     for name in a.workloads or WORKLOADS:
-        ns = measure(name, a.rounds, a.timeout / 1000.0, a.conns)
+        ns = measure(name, a.rounds, a.timeout / 1000.0, a.conns, a.metrics)
         print(f"{name:8} {ns:8.0f} ns per request ({mode}"
               + (f", timeout {a.timeout} ms" if a.timeout else "")
+              + (", latency metrics" if a.metrics else "")
               + (f", {a.conns} connections per server)" if a.conns > 1 else ")"))
     return 0
 

@@ -23,7 +23,7 @@ from bench.workloads import SPLIT_KEYS, Run, Workload
 
 Results = dict[str, dict[str, list[Run]]]      # workload name -> proxy label -> runs
 
-_SHORT = {"nutcracker": "nut", "keyshard": "ks"}
+_SHORT = {"nutcracker": "nut", "keyshard": "ks", "keyshard+metrics": "ks+m"}
 
 
 def short(label: str) -> str:

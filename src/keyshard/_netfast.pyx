@@ -11,6 +11,7 @@
     Flusher              keyshard.net.writer.Flusher (Writer.flush inlined in its flush)
     writer_flush         keyshard.net.writer.Writer.flush
     ConnFields...        keyshard.net.fields: the connections' fields as C struct members
+    LatencyRows          keyshard.prometheus.LatencyRows
     split                keyshard.net.runtime.PoolRuntime.split
     SplitOwner           keyshard.net.runtime.SplitOwner
 
@@ -18,10 +19,10 @@ Each module installs its twin as the method at its end (unless KEYSHARD_NO_EXTEN
 
 Rule 1: only the common case is compiled: forwarding and splitting requests onto a server's
         open connections (with or without a timeout: the deadline is set here, the timer
-        fires in Python), pairing replies, draining finished replies. Everything else calls
-        the same Python code the reference calls (local requests, failures, opening a
-        connection, a timer firing, bad replies); with an `observe` hook set (latency
-        metrics) the twins call the reference itself. Behaviour is the reference's, step for
+        fires in Python), pairing replies, draining finished replies, and the latency
+        histograms of `--metrics-addr` (`LatencyRows`, its counts C integers). Everything else
+        calls the same Python code the reference calls (local requests, failures, opening a
+        connection, a timer firing, bad replies). Behaviour is the reference's, step for
         step, in the same order.
 Rule 2: requests that are the compiled `keyshard._speedups.Request` (what
         `keyshard.protocol.base.Request` is when the extension is in use) are read and written
@@ -42,6 +43,7 @@ from collections import deque
 cimport cython
 from libc.math cimport INFINITY
 from cpython.list cimport PyList_Append
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 
 from keyshard._speedups cimport (
     PoolFields, Request, _new_request, _Router, _router_of, parser_error, parser_feed,
@@ -123,9 +125,7 @@ cdef inline bint _is(object value, object const) except -1:
 include "_netfast_conn.pxi"
 
 
-# The references, fetched on first use (Rule 4): the twins call them when `observe` is set.
-cdef object _py_dispatch = None
-cdef object _py_drain = None
+include "_netfast_latency.pxi"
 
 # --------------------------------------------------------------------------------------------
 # PoolRuntime.dispatch
@@ -154,8 +154,8 @@ def dispatch(RuntimeFields self, ClientFields client, reqs):
 
 
 cdef int _dispatch(RuntimeFields self, ClientFields client, object reqs) except -1:
-    if self.observe is not None:
-        return _observed(self, client, reqs)
+    if self.latency is not None:
+        _stamp(self, reqs)
     cdef list queue = client.queue
     cdef _Router router = None
     route = None  # the clock is read only if a rebuild is pending (_pool_router: now None)
@@ -199,17 +199,6 @@ cdef inline int _head_done(ClientFields client, list queue) except -1:
         head = queue[0]
         if _get(head, O_REPLY, "reply") is not None:
             _client_req_done(client, head)
-    return 0
-
-
-cdef int _observed(RuntimeFields self, ClientFields client, object reqs) except -1:
-    """Latency is observed (`PoolRuntime.observe`, the Prometheus histograms): the reference
-    dispatch, which stamps each request's start."""
-    global _py_dispatch
-    if _py_dispatch is None:
-        from keyshard.net.runtime import py_dispatch
-        _py_dispatch = py_dispatch
-    _py_dispatch(self, client, reqs)
     return 0
 
 
@@ -327,22 +316,21 @@ def client_drain(ClientFields self):
 
 
 cdef int _client_drain(ClientFields self) except -1:
-    global _py_drain
-    if (<RuntimeFields?>self.runtime).observe is not None:
-        if _py_drain is None:
-            from keyshard.net.client import py_drain
-            _py_drain = py_drain
-        _py_drain(self)
-        return 0
+    cdef RuntimeFields runtime = <RuntimeFields?>self.runtime
+    latency = runtime.latency
+    cdef double now = runtime.loop.time() if latency is not None else 0.0
     cdef list queue = self.queue
     cdef list wbuf = self.wbuf
     cdef Py_ssize_t done = 0, n = len(queue)
     while done < n:
-        reply = _get(queue[done], O_REPLY, "reply")
+        head = queue[done]
+        reply = _get(head, O_REPLY, "reply")
         if reply is None:
             break
         done += 1
         PyList_Append(wbuf, reply)  # Writer.write, inlined: once per reply
+        if latency is not None:
+            _observe_req(latency, head, now)
     if done:
         del queue[:done]
     if not self.dirty and wbuf:

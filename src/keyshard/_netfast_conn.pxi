@@ -30,7 +30,7 @@ cdef class ServerFields(ConnFields):
 cdef class RuntimeFields:
     """Twin of `keyshard.net.fields.RuntimeFields` (PoolRuntime keeps a `__dict__` for the
     rest of its attributes)."""
-    cdef public object loop, pool, slots, stats, codec, observe, flusher
+    cdef public object loop, pool, slots, stats, codec, latency, flusher
     cdef public bint quirks
     cdef dict __dict__
 

@@ -82,7 +82,7 @@ class Proxy:
         if getattr(options, "metrics_addr", None) is not None:
             for runtime in self.runtimes:
                 latency = Latency()
-                runtime.observe = latency.observe
+                runtime.latency = latency
                 self.latencies.append((runtime.conf.name, latency))
 
     # -- stats ----------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ Rule 1: names and help come from the metric table (`metrics.py`), so the JSON st
 Rule 2: values are read when someone scrapes, from the same views the JSON document uses;
         nothing is kept twice.
 Rule 3: the latency hook is the only per-request cost: one dict lookup, one bisect on a fixed
-        tuple of bounds, two list updates. No locks (one event loop thread), no objects per
-        request. Commands come from the codecs' command tables, so the label set is bounded.
+        tuple of bounds, two updates (C integers and a C double in the compiled twin, which
+        the compiled net layer calls as a C function). No locks (one event loop thread), no
+        objects per request. Commands come from the codecs' command tables, so the label set
+        is bounded.
 Rule 4: the HTTP side is deliberately tiny: one request per connection (GET or HEAD), the
         answer, close. `/metrics` is 200, any other path 404, any other method 405; a request
         head over `MAX_HEAD` bytes or slower than `IDLE_TIMEOUT` seconds is dropped.
@@ -27,6 +29,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
+from keyshard import speedups_enabled
 from keyshard.metrics import COUNTER, POOL_METRICS, SERVER, SERVER_METRICS, TIMESTAMP, Metric
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,29 +49,42 @@ LATENCY: Final = "keyshard_request_duration_seconds"
 # Latency histograms (Rule 3)
 
 
-class Latency:
-    """Per-command latency histogram of one pool.
+class LatencyRows:
+    """A pool's latency counts: `observe(cmd, seconds)` for every reply written (Rule 3), and
+    `rows[cmd]`, a plain list: a non-cumulative count per bound and +Inf, then the sum of the
+    observed seconds. The compiled twin (`keyshard._netfast.LatencyRows`, when built and not
+    disabled) keeps the counts as C integers, and the compiled net layer adds to them without
+    a Python call."""
 
-    `rows[cmd]` is a plain list: NBUCKETS non-cumulative bucket counts, then the sum of the
-    observed seconds. `observe` is a closure over the dict, so the hook costs one call.
-    """
+    __slots__ = ("bounds", "rows")
 
-    __slots__ = ("observe", "rows")
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.rows: dict[bytes, list[Any]] = {}
+
+    def observe(self, cmd: bytes, seconds: float) -> None:
+        row = self.rows.get(cmd)
+        if row is None:
+            row = self.rows[cmd] = [0] * (len(self.bounds) + 1) + [0.0]
+        row[bisect_left(self.bounds, seconds)] += 1  # le semantics: bound >= value
+        row[-1] += seconds
+
+
+PyLatencyRows = LatencyRows  # the reference (tests)
+if speedups_enabled():
+    try:
+        from keyshard._netfast import LatencyRows  # type: ignore[no-redef]  # twin
+    except ImportError:
+        pass
+
+
+class Latency(LatencyRows):
+    """Per-command latency histogram of one pool, on the buckets of `BOUNDS`."""
+
+    __slots__ = ()
 
     def __init__(self) -> None:
-        rows: dict[bytes, list[Any]] = {}
-        self.rows = rows
-        bounds = BOUNDS
-        blank = [0] * NBUCKETS + [0.0]
-
-        def observe(cmd: bytes, seconds: float) -> None:
-            row = rows.get(cmd)
-            if row is None:
-                row = rows[cmd] = blank[:]
-            row[bisect_left(bounds, seconds)] += 1  # le semantics: bound >= value
-            row[-1] += seconds
-
-        self.observe: Callable[[bytes, float], None] = observe
+        super().__init__(BOUNDS)
 
     def snapshot(self) -> Iterator[tuple[str, list[int], float]]:
         """(command, cumulative bucket counts, sum) for every command seen, sorted."""

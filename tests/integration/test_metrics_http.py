@@ -196,8 +196,8 @@ def test_no_endpoint_and_no_hook_unless_asked() -> None:
     loop = asyncio.new_event_loop()
     try:
         plain = app.Proxy(Options(), pools, loop)
-        assert all(r.observe is None for r in plain.runtimes) and plain.latencies == []
+        assert all(r.latency is None for r in plain.runtimes) and plain.latencies == []
         wanted = app.Proxy(Options(metrics_addr=("127.0.0.1", free_port())), pools, loop)
-        assert all(r.observe is not None for r in wanted.runtimes)
+        assert all(r.latency is not None for r in wanted.runtimes)
     finally:
         loop.close()

@@ -319,6 +319,29 @@ def test_proxy_specs_name_another_keyshard_tree(tmp_path: Path) -> None:
             proxy_specs(bad)
 
 
+def test_keyshard_with_metrics_serves_them(tmp_path: Path) -> None:
+    """`--proxies nutcracker,keyshard,keyshard+metrics`: the third is keyshard with
+    --metrics-addr on its own port (latency histograms on), from this tree or another."""
+    from bench.cli import labels_for, proxy_specs
+    from bench.fleet import Backends, Proxy
+    from bench.report import short
+
+    (tmp_path / "keyshard").mkdir()
+    (tmp_path / "keyshard" / "__init__.py").write_text("")
+    kinds, srcs, _ = proxy_specs(f"nutcracker,keyshard,keyshard+metrics,keyshard+metrics={tmp_path}")
+    assert kinds == ["nutcracker", "keyshard", "keyshard+metrics", "keyshard+metrics"]
+    assert srcs == [None, None, None, tmp_path.resolve()]
+    assert [short(lab) for lab in labels_for(kinds)] == ["nut", "ks", "ks+m", "ks+m-2"]
+    b = Backends([], None, [7001, 7002], 7003)  # type: ignore[arg-type]
+    plain = Proxy("keyshard", "keyshard", tmp_path, b)
+    metrics = Proxy("keyshard+metrics", "keyshard+metrics", tmp_path, b, src=tmp_path)
+    assert "--metrics-addr" not in plain.argv()
+    assert metrics.argv()[-2:] == ["--metrics-addr", f"127.0.0.1:{metrics.metrics_port}"]
+    assert (metrics.env() or {})["PYTHONPATH"].startswith(str(tmp_path))
+    with pytest.raises(ValueError):
+        proxy_specs("keyshard+metric")
+
+
 def test_floor_proxy_argv_names_its_ports_and_the_backends(tmp_path: Path) -> None:
     """`--proxies ...,floor`: bench/floor.c takes no config file, only ports."""
     from bench.cli import proxy_specs

@@ -685,21 +685,49 @@ def _runtime(nservers: int, connected: bool = True, redis: bool = True,
     return rt, loop, conns
 
 
-def _net_transcript(observe: bool, timeout: float = 0.0, per_server: int = 1) -> list[Any]:
+def _edges() -> list[float]:
+    from keyshard.prometheus import BOUNDS
+
+    return [x for b in BOUNDS for x in (b, math.nextafter(b, 0.0), math.nextafter(b, 99.0))]
+
+
+BOUNDS_EDGES = _edges()
+
+
+class _Recorder:
+    """A latency hook that is not the histogram: the twins call its `observe` in Python."""
+
+    def __init__(self, seen: list[Any]) -> None:
+        self.seen = seen
+
+    def observe(self, cmd: bytes, seconds: float) -> None:
+        self.seen.append((cmd, seconds))
+
+
+def _net_transcript(latency: str, timeout: float = 0.0, per_server: int = 1) -> list[Any]:
     """One client, three servers: pipelined forwards, a split, a local request, noreply-free
     replies in several reads and a failure reply; everything written and counted (with a
     `timeout`: the requests' deadlines and the timers armed too; with `per_server`
-    connections to each server, which of them each request took)."""
+    connections to each server, which of them each request took; with a `latency` hook,
+    "recorder" or "histogram" (prometheus.LatencyRows), what it saw, the clock moving on
+    before every read)."""
+    from keyshard import prometheus
     from keyshard.net.client import ClientConn
     from keyshard.net.server import ServerConn
     from keyshard.stats import counters
 
-    rt, loop, conns = _runtime(3, per_server=per_server)
+    clock = _Clock()
+    rt, loop, conns = _runtime(3, per_server=per_server, loop=clock)
     for conn in conns:
         conn.timeout = timeout
     seen: list[Any] = []
-    if observe:
-        rt.observe = lambda cmd, secs: seen.append(cmd)
+    tick = 0.0
+    if latency == "recorder":
+        rt.latency = _Recorder(seen)
+    elif latency == "histogram":
+        rt.latency = prometheus.LatencyRows(prometheus.BOUNDS)
+    if latency:
+        tick = 0.00007  # a few buckets' worth over the transcript
     client = ClientConn(rt)
     ct = _Transport()
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -709,6 +737,7 @@ def _net_transcript(observe: bool, timeout: float = 0.0, per_server: int = 1) ->
                       + [_cmd(b"GET", b"z%d" % i) for i in range(10)])
     cuts = [0, 100, 180, 260, 400, 520, len(stream)]  # reads: each takes a connection in turn
     for start, end in itertools.pairwise(cuts):
+        clock.now += tick
         client.data_received(stream[start:end])
     loop.run()
     out: list[Any] = [[b"".join(c.transport.out) for c in conns]]
@@ -731,27 +760,31 @@ def _net_transcript(observe: bool, timeout: float = 0.0, per_server: int = 1) ->
     for i, conn in enumerate(conns):
         data = answer(conn, fail_at=3 if i == 2 else -1)
         for cut in range(0, len(data), 37):
+            clock.now += 3 * tick
             conn.data_received(data[cut:cut + 37])
             loop.run()
             out.append(b"".join(ct.out))
     out.append([counters(s.stats) for s in rt.slots])
     out.append(counters(rt.stats))
     out.append((len(client.queue), client.closing, ct.closed, seen))
+    if latency == "histogram":
+        out.append(rt.latency.rows)
     out.append([(t.when, t.cb.__self__ is conn, t.cancelled)
                 for conn in conns for t in loop.timers if t.cb.__self__ is conn])
     return out
 
 
 @needs_net
-@pytest.mark.parametrize(("observe", "timeout", "per_server"),
-                         [(False, 0.0, 1), (True, 0.0, 1), (False, 0.4, 1), (False, 0.0, 2),
-                          (False, 0.4, 3)])
-def test_net_twins_match_the_reference(observe: bool, timeout: float, per_server: int,
+@pytest.mark.parametrize(("latency", "timeout", "per_server"),
+                         [("", 0.0, 1), ("recorder", 0.0, 1), ("histogram", 0.0, 1),
+                          ("histogram", 0.4, 2), ("", 0.4, 1), ("", 0.0, 2), ("", 0.4, 3)])
+def test_net_twins_match_the_reference(latency: str, timeout: float, per_server: int,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyshard import prometheus
     from keyshard.net import client, runtime, server, writer
 
     assert _netfast is not None
-    compiled = _net_transcript(observe, timeout, per_server)
+    compiled = _net_transcript(latency, timeout, per_server)
     monkeypatch.setattr(runtime.PoolRuntime, "dispatch", runtime.py_dispatch)
     monkeypatch.setattr(runtime.PoolRuntime, "split", runtime.py_split)
     monkeypatch.setattr(runtime, "SplitOwner", runtime.PySplitOwner)
@@ -761,8 +794,12 @@ def test_net_twins_match_the_reference(observe: bool, timeout: float, per_server
     monkeypatch.setattr(client.ClientConn, "data_received", client.py_data_received)
     monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
     monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
-    pure = _net_transcript(observe, timeout, per_server)
+    monkeypatch.setattr(prometheus, "LatencyRows", prometheus.PyLatencyRows)
+    pure = _net_transcript(latency, timeout, per_server)
     assert compiled == pure
+    if latency:
+        _assert_latency_seen(latency, pure)
+        return
     assert len(pure[-4]) > 0
     deadlines = [d for conn_deadlines in pure[1] for d in conn_deadlines]
     assert deadlines and set(deadlines) == {1.0 + timeout if timeout else 0.0}
@@ -775,6 +812,42 @@ def test_net_twins_match_the_reference(observe: bool, timeout: float, per_server
     # replies do not cancel it, the third's failure (-LOADING) does
     assert pure[-1] == ([(1.0 + timeout, True, False), (1.0 + timeout, True, True)]
                         if timeout else [])
+
+
+def _assert_latency_seen(latency: str, transcript: list[Any]) -> None:
+    """Every reply written was observed once, at more than one latency."""
+    nreplies = 20 + 10 + 1 + 1 + 10
+    if latency == "recorder":
+        seen = transcript[-2][3]
+        assert len(seen) == nreplies and {cmd for cmd, _ in seen} == {b"get", b"set", b"mget",
+                                                                       b"ping"}
+        assert len({secs for _, secs in seen}) > 3 and min(secs for _, secs in seen) > 0
+    else:
+        rows = transcript[-2]
+        assert sum(sum(row[:-1]) for row in rows.values()) == nreplies
+        assert sum(1 for row in rows.values() for count in row[:-1] if count) > 3
+
+
+@needs_net
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from([b"get", b"mget", b"set", b"x" * 40]),
+                          st.one_of(st.sampled_from(BOUNDS_EDGES),
+                                    st.floats(-1.0, 20.0, allow_nan=False))), max_size=60))
+def test_latency_rows_twin_counts_as_the_reference(seen: list[tuple[bytes, float]]) -> None:
+    """The compiled histogram (`_netfast.LatencyRows`) puts every observation in the bucket
+    the reference's bisect does (a bound itself, just above it, past the last, negative),
+    and sums the same floats in the same order: equal rows, exactly."""
+    from keyshard import prometheus
+
+    assert (prometheus.LatencyRows is _netfast.LatencyRows) is not FORCED_PURE
+    compiled = _netfast.LatencyRows(prometheus.BOUNDS)
+    pure = prometheus.PyLatencyRows(prometheus.BOUNDS)
+    for cmd, seconds in seen:
+        compiled.observe(cmd, seconds)
+        pure.observe(cmd, seconds)
+    assert compiled.rows == pure.rows
+    assert sum(sum(row[:-1]) for row in pure.rows.values()) == len(seen)
+    assert compiled.bounds == pure.bounds == prometheus.BOUNDS
 
 
 def test_counters_are_the_metric_tables_and_count_in_both_modes() -> None:

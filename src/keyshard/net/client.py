@@ -188,8 +188,8 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):
         read for each client they answered: `batched`)."""
         queue = self.queue
         wbuf = self.wbuf
-        observe = self.runtime.observe
-        now = self.runtime.loop.time() if observe is not None else 0.0
+        latency = self.runtime.latency
+        now = self.runtime.loop.time() if latency is not None else 0.0
         done = 0
         for head in queue:
             reply = head.reply
@@ -197,8 +197,8 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):
                 break
             done += 1
             wbuf.append(reply)  # Writer.write, inlined: once per reply
-            if observe is not None:
-                observe(head.cmd, now - head.start)
+            if latency is not None:
+                latency.observe(head.cmd, now - head.start)
         if done:
             del queue[:done]
         if not self.dirty and wbuf:
@@ -251,8 +251,7 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):
 
 __all__ = ["ClientConn", "KIND_FORWARD", "KIND_SPLIT"]
 
-# The references stay reachable under these names (tests; the twin calls py_drain when the
-# runtime has an `observe` hook).
+# The references stay reachable under these names (tests).
 py_drain = ClientConn.drain
 py_req_done = ClientConn.req_done
 py_data_received = ClientConn.data_received

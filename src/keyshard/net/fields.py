@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     import asyncio
     import socket
     from collections import deque
-    from collections.abc import Callable
 
     from keyshard.net.runtime import PoolRuntime, ServerSlot
     from keyshard.net.server import ServerConn
     from keyshard.net.writer import Flusher
     from keyshard.pool import ServerPool
+    from keyshard.prometheus import LatencyRows
     from keyshard.protocol.base import Request
     from keyshard.stats import PoolStats, ServerStats
 
@@ -81,14 +81,14 @@ class ServerFields(ConnFields):
 class RuntimeFields:
     """What the hot paths read of a pool at run time (keyshard.net.runtime.PoolRuntime)."""
 
-    __slots__ = ("loop", "pool", "slots", "stats", "codec", "observe", "quirks", "flusher",
+    __slots__ = ("loop", "pool", "slots", "stats", "codec", "latency", "quirks", "flusher",
                  "__dict__")
     loop: asyncio.AbstractEventLoop
     pool: ServerPool
     slots: list[ServerSlot]
     stats: PoolStats
     codec: Any  # as ConnFields.codec
-    observe: Callable[[bytes, float], None] | None
+    latency: LatencyRows | None
     quirks: bool
     flusher: Flusher
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from keyshard.config import PoolConf, ServerConf
     from keyshard.net.client import ClientConn
     from keyshard.net.writer import Flusher
+    from keyshard.prometheus import LatencyRows
 
 log = logging.getLogger("keyshard.pool")
 
@@ -255,8 +256,9 @@ class PoolRuntime(RuntimeFields):
             def merge_hook(req: Request, ctx: Any, replies: list[bytes | None]) -> bool:
                 return self.codec.name == "memcache"
         self.merge_hook: Callable[[Request, Any, list[bytes | None]], bool] = merge_hook
-        # observe(cmd, seconds) for every reply written; None costs one check per read/write
-        self.observe: Callable[[bytes, float], None] | None = None
+        # latency.observe(cmd, seconds) for every reply written (--metrics-addr); None costs
+        # one check per read and per drain
+        self.latency: LatencyRows | None = None
 
     def view(self) -> tuple[str, dict[str, int], list[tuple[str, dict[str, int]]]]:
         values = counters(self.stats)
@@ -309,7 +311,7 @@ class PoolRuntime(RuntimeFields):
         requests by `split`, the others by the client (`local`)."""
         queue = client.queue
         now = self.loop.time()
-        if self.observe is not None:
+        if self.latency is not None:
             for req in reqs:
                 req.start = now
         # the rebuild check once per read, not per request; fetched when a forward first needs
@@ -432,7 +434,7 @@ class PoolRuntime(RuntimeFields):
             task.cancel()
 
 
-# The reference stays reachable under this name (tests; the twin calls it when `observe` is set).
+# The reference stays reachable under this name (tests).
 py_dispatch = PoolRuntime.dispatch
 py_split = PoolRuntime.split
 PySplitOwner = SplitOwner

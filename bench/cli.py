@@ -277,9 +277,12 @@ def _check_quiet(meta: dict[str, Any]) -> None:
     time.sleep(2.0)
     d = machine.disturbance(a, machine.snapshot([]))
     meta["foreign_before_pct"] = d["foreign_cpu_pct"]
-    if d["foreign_cpu_pct"] > report.DISTURBED_PCT:
-        print(f"warning: other processes are using {d['foreign_cpu_pct']:.0f}% of the machine; "
-              "requests/s will be noisy (CPU/request much less so)", file=sys.stderr, flush=True)
+    meta["steal_before_pct"] = d["steal_pct"]
+    for what, pct in (("other processes are", d["foreign_cpu_pct"]),
+                      ("the hypervisor is (steal)", d["steal_pct"])):
+        if pct > report.DISTURBED_PCT:
+            print(f"warning: {what} using {pct:.0f}% of the machine; requests/s will be noisy "
+                  "(CPU/request much less so)", file=sys.stderr, flush=True)
 
 
 def _raise_fd_limit() -> None:

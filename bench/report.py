@@ -55,6 +55,7 @@ class Cell:
     per_rep_rps: list[float | None] = field(default_factory=list)    # None: that run failed
     per_rep_cpu: list[float | None] = field(default_factory=list)
     foreign_max_pct: float | None = None
+    steal_max_pct: float | None = None  # the hypervisor's share (a noisy neighbour)
     split: dict[str, float | None] = field(default_factory=dict)   # SPLIT_KEYS -> µs/request
     busy_pct: float | None = None
 
@@ -74,6 +75,8 @@ def cell(runs: list[Run]) -> Cell:
              per_rep_cpu=[r.cpu_us_per_req if r.ok else None for r in runs])
     foreign = [r.extra["foreign_cpu_pct"] for r in runs if "foreign_cpu_pct" in r.extra]
     c.foreign_max_pct = max(foreign, default=None)
+    c.steal_max_pct = max((r.extra["steal_pct"] for r in runs if "steal_pct" in r.extra),
+                          default=None)
     if not good:
         return c
     rps = [r.rps for r in good if r.rps is not None]
@@ -139,7 +142,8 @@ def markdown(summary: dict[str, dict[str, Cell]], workloads: list[Workload],
         cells = summary.get(w.name)
         if not cells:
             continue
-        disturbed = any((c.foreign_max_pct or 0) > DISTURBED_PCT for c in cells.values())
+        disturbed = any(max(c.foreign_max_pct or 0, c.steal_max_pct or 0) > DISTURBED_PCT
+                        for c in cells.values())
         row = [w.title + (" ‡" if disturbed else "")]
         row += [_fmt(cells[p].rps, ",.0f", cells[p]) for p in labels]
         row += [_ratio_fmt(ratio(cells[o].rps, cells[base].rps),
@@ -179,16 +183,18 @@ def _preamble(meta: dict[str, Any], labels: list[str]) -> str:
 
 
 def _disturbance(summary: dict[str, dict[str, Cell]]) -> list[str]:
-    worst = [c.foreign_max_pct for cells in summary.values() for c in cells.values()
-             if c.foreign_max_pct is not None]
+    cells = [c for per in summary.values() for c in per.values()]
+    worst = [c.foreign_max_pct for c in cells if c.foreign_max_pct is not None]
     if not worst:
         return []
+    steal = max((c.steal_max_pct for c in cells if c.steal_max_pct is not None), default=0.0)
     note = (f"\nRatios: of the medians, with the range of the per-repetition ratios in brackets. "
-            f"Other processes took at most {max(worst):.0f}% of the machine during a run.")
-    if max(worst) > DISTURBED_PCT:
-        note += (f" ‡ marks workloads with a run where they took more than {DISTURBED_PCT:.0f}% "
-                 f"(foreign_cpu_pct in results.json): treat those requests/s with care; "
-                 f"CPU/request is much less affected.")
+            f"Other processes took at most {max(worst):.0f}% of the machine during a run, "
+            f"the hypervisor (steal) at most {steal:.0f}%.")
+    if max(max(worst), steal) > DISTURBED_PCT:
+        note += (f" ‡ marks workloads with a run where either took more than "
+                 f"{DISTURBED_PCT:.0f}% (foreign_cpu_pct, steal_pct in results.json): treat "
+                 f"those requests/s with care; CPU/request is much less affected.")
     return [note]
 
 
@@ -295,10 +301,12 @@ def write_png(path: Path, summary: dict[str, dict[str, Cell]], workloads: list[W
           "proxy CPU µs per request (lower is better)")
     worst = max((c.foreign_max_pct or 0 for cells in summary.values() for c in cells.values()),
                 default=0)
+    steal = max((c.steal_max_pct or 0 for cells in summary.values() for c in cells.values()),
+                default=0)
     fig.suptitle(f"{' vs '.join(labels)} — medians of {meta.get('reps')} interleaved run(s), "
                  f"whiskers min–max, labels {short(labels[-1])}/{short(labels[0])}; "
                  f"{_sharing(meta)}; other processes took up to {worst:.0f}% "
-                 f"of the machine during a run", fontsize=10)
+                 f"of the machine during a run, steal up to {steal:.0f}%", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -243,6 +243,32 @@ def test_report_medians_ratios_and_failures() -> None:
     assert "failed" in md and "—" in md
 
 
+def test_report_flags_runs_a_neighbour_or_the_hypervisor_disturbed() -> None:
+    """Foreign CPU or steal above DISTURBED_PCT in any run marks the workload ‡; the note
+    gives the worst of each."""
+    from bench.report import DISTURBED_PCT, markdown, summarize
+    from bench.workloads import WORKLOADS, Run
+
+    w = WORKLOADS[0]
+
+    def run(foreign: float, steal: float) -> Run:
+        return Run(w.name, "", 1000, rps=100.0, cpu_us_per_req=10.0,
+                   extra={"foreign_cpu_pct": foreign, "steal_pct": steal})
+
+    def md(foreign: float, steal: float) -> tuple[str, str]:
+        text = markdown(summarize({w.name: {"nutcracker": [run(1.0, 0.0)],
+                                            "keyshard": [run(foreign, steal)]}}),
+                        [w], ["nutcracker", "keyshard"], {})
+        return next(line for line in text.splitlines() if line.startswith(f"| {w.title}")), text
+
+    row, text = md(2.0, 3.0)
+    assert "‡" not in row and "at most 2% of the machine" in text and "at most 3%." in text
+    row, text = md(2.0, DISTURBED_PCT + 30)
+    assert row.startswith(f"| {w.title} ‡ |") and f"at most {DISTURBED_PCT + 30:.0f}%." in text
+    row, _ = md(DISTURBED_PCT + 1, 0.0)
+    assert row.startswith(f"| {w.title} ‡ |")
+
+
 def test_pin_places_children_and_says_so() -> None:
     """--pin: a child started with `pinned(cpus)` runs on those CPUs only (threads too, as
     they inherit it); without --pin nothing is pinned; the report says which setting ran."""

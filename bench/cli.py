@@ -32,6 +32,16 @@ OUT = ROOT / "bench" / "out"
 MAX_FAILED_STARTS = 3
 
 
+PROXIES_HELP = (
+    "comma-separated, the first is the baseline of the ratios (nutcracker,nutcracker is a "
+    "sanity check: ratios near 1.0); keyshard=DIR runs the keyshard of another tree (a "
+    "checkout or its src/, extensions built in place), e.g. a worktree of an older commit, to "
+    "compare two builds in one interleaved run; floor is bench/floor.c, a minimal C proxy "
+    "(built with cc): what the machine leaves for any proxy; floor=N holds its writes to a "
+    "server N microseconds (a batching window); keyshard+metrics (or keyshard+metrics=DIR) is "
+    "keyshard serving /metrics (--metrics-addr), every reply counted in its latency histograms")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench", description=(bench.__doc__ or "").split("\n\n")[0],
@@ -40,17 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of ~1 s runs (a smoke test, not a measurement)")
     ap.add_argument("--only", default="", help="comma-separated workload names or globs")
-    ap.add_argument("--proxies", default="nutcracker,keyshard",
-                    help="comma-separated, the first is the baseline of the ratios "
-                         "(nutcracker,nutcracker is a sanity check: ratios near 1.0); "
-                         "keyshard=DIR runs the keyshard of another tree (a checkout or its "
-                         "src/, extensions built in place), e.g. a worktree of an older "
-                         "commit, to compare two builds in one interleaved run; floor is "
-                         "bench/floor.c, a minimal C proxy (built with cc): what the machine "
-                         "leaves for any proxy; floor=N holds its writes to a server N "
-                         "microseconds (a batching window); keyshard+metrics (or "
-                         "keyshard+metrics=DIR) is keyshard serving /metrics "
-                         "(--metrics-addr), every reply counted in its latency histograms")
+    ap.add_argument("--proxies", default="nutcracker,keyshard", help=PROXIES_HELP)
     ap.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     ap.add_argument("--seconds", type=float,
                     help="target length of one run on the baseline (default 4, 1 with --quick)")

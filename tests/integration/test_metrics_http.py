@@ -116,6 +116,33 @@ def test_scraped_during_load(rig: Rig) -> None:
             assert len(buckets) == len(BOUNDS) + 1
 
 
+def test_every_reply_is_counted_once(rig: Rig) -> None:
+    """Each reply written is one observation of its command, forwarded, split or answered by
+    the proxy itself (PING), whichever path (compiled or reference) wrote it."""
+    port = rig.metrics_port  # type: ignore[attr-defined]
+
+    def counts() -> dict[str, float]:
+        got = samples(parse(scrape(port)[2]), LATENCY + "_count")
+        return {dict(k)["command"]: v for k, v in got.items() if dict(k)["pool"] == "alpha"}
+
+    before = counts()
+    batch = b"".join(resp("SET", f"once:{i}", "v") + resp("GET", f"once:{i}") for i in range(7))
+    batch += resp("MGET", *[f"once:{i}" for i in range(7)]) + resp("PING")
+    rounds = 25
+    with rig.connect() as sock:
+        for _ in range(rounds):
+            sock.sendall(batch)
+            parser, got = REDIS.reply_parser(), 0
+            while got < 16:
+                chunk = sock.recv(65536)
+                assert chunk, "the proxy closed the connection"
+                got += len(parser.feed(chunk))
+    after = counts()
+    delta = {cmd: after[cmd] - before.get(cmd, 0) for cmd in after}
+    assert {cmd: d for cmd, d in delta.items() if d} == {
+        "set": 7 * rounds, "get": 7 * rounds, "mget": rounds, "ping": rounds}
+
+
 def test_counters_equal_the_stats_document(rig: Rig) -> None:
     port = rig.metrics_port  # type: ignore[attr-defined]
     rig.exchange(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n*3\r\n$4\r\nMGET\r\n$1\r\nx\r\n$1\r\ny\r\n")

@@ -63,6 +63,16 @@ def rig() -> Iterator[Rig]:
         yield r
 
 
+def round_trip(sock: Any, batch: bytes, nreplies: int) -> None:
+    """Send one pipeline and read its `nreplies` replies."""
+    sock.sendall(batch)
+    parser, got = REDIS.reply_parser(), 0
+    while got < nreplies:
+        chunk = sock.recv(65536)
+        assert chunk, "the proxy closed the connection"
+        got += len(parser.feed(chunk))
+
+
 def load(rig: Rig, stop: threading.Event, counts: list[int]) -> None:
     """Pipelines of SET/GET and an MGET over both servers until told to stop."""
     batch = b"".join(resp("SET", f"key:{i}", "v") + resp("GET", f"key:{i}") for i in range(20))
@@ -70,12 +80,7 @@ def load(rig: Rig, stop: threading.Event, counts: list[int]) -> None:
     n = 0
     with rig.connect() as sock:
         while not stop.is_set() and n < 100_000:
-            sock.sendall(batch)
-            parser, got = REDIS.reply_parser(), 0
-            while got < 41:
-                chunk = sock.recv(65536)
-                assert chunk, "the proxy closed the connection"
-                got += len(parser.feed(chunk))
+            round_trip(sock, batch, 41)
             n += 1
     counts.append(n)
 
@@ -131,12 +136,7 @@ def test_every_reply_is_counted_once(rig: Rig) -> None:
     rounds = 25
     with rig.connect() as sock:
         for _ in range(rounds):
-            sock.sendall(batch)
-            parser, got = REDIS.reply_parser(), 0
-            while got < 16:
-                chunk = sock.recv(65536)
-                assert chunk, "the proxy closed the connection"
-                got += len(parser.feed(chunk))
+            round_trip(sock, batch, 16)
     after = counts()
     delta = {cmd: after[cmd] - before.get(cmd, 0) for cmd in after}
     assert {cmd: d for cmd, d in delta.items() if d} == {

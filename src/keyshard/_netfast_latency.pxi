@@ -50,15 +50,16 @@ cdef class LatencyRows:
 
 
 cdef int _observe(LatencyRows self, object cmd, double seconds) except -1:
-    cdef _Row row = self._rows.get(cmd)
+    cdef dict rows = self._rows
+    if rows is None:
+        raise ValueError("LatencyRows.__init__ was not called")
+    cdef _Row row = rows.get(cmd)
     if row is None:
-        if self._rows is None:
-            raise ValueError("LatencyRows.__init__ was not called")
         row = _Row.__new__(_Row)
         row.counts = <unsigned long long*>PyMem_Calloc(self._n + 1, sizeof(unsigned long long))
         if row.counts == NULL:
             raise MemoryError()
-        self._rows[cmd] = row
+        rows[cmd] = row
     cdef Py_ssize_t i = 0
     while i < self._n and self._bounds[i] < seconds:  # bisect_left: le semantics
         i += 1

@@ -28,8 +28,9 @@ Method.
   of the table is the median of the repetitions; the chart's whiskers show min and max.
   Ratios are of the medians; in brackets, the range of the per-repetition ratios (each from
   two runs adjacent in time): a range that straddles 1.0 means "no difference measured".
-- N: a short warm-up run on every proxy precedes each workload; the first proxy's warm-up rate
-  sets N so a run on it lasts about `--seconds` (4 s). Every proxy gets the same N.
+- N: a short warm-up run on every proxy precedes each workload; the fastest warm-up rate
+  sets N so a run on that proxy lasts about `--seconds` (4 s), and one disturbed warm-up
+  cannot make every run short. Every proxy gets the same N.
 - Requests/s and p99 come from the client (redis-benchmark `--csv`, memcslap's timed phase).
 - CPU per request: utime+stime (plus reaped children) of the proxy's process tree from
   /proc/<pid>/stat, read just before the client starts and after it exits, converted from

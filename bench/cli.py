@@ -222,21 +222,35 @@ def run_order(proxies: list[T], rep: int) -> list[T]:
 
 def _choose_n(w: Workload, warm_n: int, proxies: list[Proxy], seconds: float, timeout: float,
               meta: dict[str, Any], others: tuple[int, ...]) -> int:
-    """Warm every proxy up with a short run; the first one that works sets N for `seconds`."""
+    """Warm every proxy up with a short run; the fastest warm-up sets N (`n_for`)."""
     warm = replace(w, kind="redis") if w.kind == "idle" else w
-    rate, source = None, None
+    rates: dict[str, float] = {}
     for p in proxies:
         if not _ensure_running(p):
             continue
         run = measure(warm, p, warm_n, timeout, others)
         print(f"  warm-up {w.name} {p.label}: {_brief(run)}", flush=True)
-        if run.ok and rate is None and run.rps:
-            rate, source = run.rps, p.label
-    n = warm_n * 10 if rate is None else int(rate * seconds)
-    n = max(warm_n, min(n, warm_n * 500))
-    n = -(-n // 1000) * 1000
-    meta.setdefault("n", {})[w.name] = {"n": n, "from": source, "warmup_rps": rate}
+        if run.ok and run.rps:
+            rates.setdefault(p.label, run.rps)
+    n = n_for(list(rates.values()), warm_n, seconds)
+    source = max(rates, key=rates.__getitem__) if rates else None
+    meta.setdefault("n", {})[w.name] = {"n": n, "from": source,
+                                        "warmup_rps": rates.get(source) if source else None,
+                                        "warmup_rates": rates}
     return n
+
+
+def n_for(rates: list[float], warm_n: int, seconds: float) -> int:
+    """Requests per run: a run on the fastest warm-up's proxy lasts about `seconds`.
+
+    The fastest, not the first: a warm-up the hypervisor or a neighbour slowed (run 32's MGET
+    warm-up ran at 15k/s, its runs at 37-49k) would otherwise cut every run of the workload
+    short, and the shorter a run, the more one stall moves it. Between warm_n and 500 times
+    it, rounded up to a thousand; 10 times warm_n when no warm-up worked.
+    """
+    n = int(max(rates) * seconds) if rates else warm_n * 10
+    n = max(warm_n, min(n, warm_n * 500))
+    return -(-n // 1000) * 1000
 
 
 def _ensure_running(p: Proxy) -> bool:

@@ -393,6 +393,17 @@ def test_run_order_flips_each_repetition() -> None:
     assert run_order(["a", "b", "c"], 1) == ["c", "b", "a"]
 
 
+def test_n_comes_from_the_fastest_warm_up() -> None:
+    """A disturbed first warm-up does not shorten every run; N stays in its bounds."""
+    from bench.cli import n_for
+
+    assert n_for([14_781.97, 40_100.0], 20_000, 4.0) == 161_000  # not 60,000 from the first
+    assert n_for([40_100.0, 14_781.97], 20_000, 4.0) == 161_000
+    assert n_for([], 20_000, 4.0) == 200_000             # no warm-up worked: 10 times warm_n
+    assert n_for([1.0], 20_000, 4.0) == 20_000           # never below warm_n
+    assert n_for([1e9], 20_000, 4.0) == 10_000_000       # nor above 500 times it
+    assert n_for([1_234.5], 1_000, 4.0) == 5_000         # rounded up to a thousand
+
 # /proc/PID/io and the context-switch lines of /proc/PID/status of a keyshard process
 PROC_IO = ("rchar: 181771926\nwchar: 183094745\nsyscr: 1180052\nsyscw: 1188735\n"
            "read_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n")

@@ -58,6 +58,7 @@ class Cell:
     steal_max_pct: float | None = None  # the hypervisor's share (a noisy neighbour)
     split: dict[str, float | None] = field(default_factory=dict)   # SPLIT_KEYS -> µs/request
     busy_pct: float | None = None
+    discarded: int = 0  # attempts measured again for a disturbance (cli.least_disturbed)
 
     @property
     def failed(self) -> bool:
@@ -77,6 +78,7 @@ def cell(runs: list[Run]) -> Cell:
     c.foreign_max_pct = max(foreign, default=None)
     c.steal_max_pct = max((r.extra["steal_pct"] for r in runs if "steal_pct" in r.extra),
                           default=None)
+    c.discarded = sum(len(r.extra.get("discarded", ())) for r in runs)
     if not good:
         return c
     rps = [r.rps for r in good if r.rps is not None]
@@ -195,6 +197,11 @@ def _disturbance(summary: dict[str, dict[str, Cell]]) -> list[str]:
         note += (f" ‡ marks workloads with a run where either took more than "
                  f"{DISTURBED_PCT:.0f}% (foreign_cpu_pct, steal_pct in results.json): treat "
                  f"those requests/s with care; CPU/request is much less affected.")
+    discarded = sum(c.discarded for c in cells)
+    if discarded:
+        note += (f" {discarded} run(s) were measured again because more than "
+                 f"{DISTURBED_PCT:.0f}% of the machine was taken during them "
+                 f"(--retry-disturbed); the least disturbed attempt of each is in the table.")
     return [note]
 
 

@@ -6,6 +6,7 @@ redis-benchmark 7.0.15, memcslap 1.1 (libmemcached 1.1.4), Linux /proc of nutcra
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from bench.parse import (
     parse_vmrss_kb,
     ticks_to_us,
 )
+from bench.workloads import Run
 
 # redis-benchmark -p PORT -c 50 -r 100000 -n 20000 -t get,set -P 16 --csv
 RB_GET_SET = (
@@ -391,6 +393,35 @@ def test_run_order_flips_each_repetition() -> None:
     orders = [run_order(["nut", "ks"], rep) for rep in range(4)]
     assert orders == [["nut", "ks"], ["ks", "nut"], ["nut", "ks"], ["ks", "nut"]]
     assert run_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+def test_a_disturbed_run_is_measured_again_and_the_least_disturbed_kept() -> None:
+    """Retried on what /proc/stat says of the others (never on the result), up to N times."""
+    from bench.cli import least_disturbed
+    from bench.report import _disturbance, cell
+
+    def attempts(*pcts: float | None) -> Callable[[], Run]:
+        it = iter(pcts)
+
+        def attempt() -> Run:
+            pct = next(it)
+            if pct is None:
+                return Run("get_p1", "ks", 100, error="redis-benchmark exit 1")
+            return Run("get_p1", "ks", 100, rps=1000 + pct,
+                       extra={"steal_pct": pct, "foreign_cpu_pct": 0.5})
+        return attempt
+
+    quiet = least_disturbed(attempts(3.0), 2)
+    assert quiet.rps == 1003 and "discarded" not in quiet.extra     # measured once
+    kept = least_disturbed(attempts(40.0, 12.0, 25.0), 2)           # three tries, all disturbed
+    assert kept.rps == 1012
+    assert [d["disturbed_pct"] for d in kept.extra["discarded"]] == [40.0, 25.0]
+    assert least_disturbed(attempts(40.0, 5.0), 2).rps == 1005  # stops once quiet (no 3rd)
+    assert least_disturbed(attempts(40.0, 50.0), 0).rps == 1040      # --retry-disturbed 0
+    failed = least_disturbed(attempts(40.0, None), 2)                # a failed retry stops it
+    assert failed.rps == 1040 and failed.extra["discarded"][0]["error"]
+    c = cell([kept, quiet])
+    assert c.discarded == 2 and "2 run(s) were measured again" in _disturbance({"w": {"ks": c}})[0]
 
 
 def test_n_comes_from_the_fastest_warm_up() -> None:

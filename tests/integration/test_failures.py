@@ -162,13 +162,14 @@ def test_timeout_counts_from_queueing_and_closes_the_whole_connection(live: Redi
             second.sendall(resp("GET", D))  # queued 0.2 s later on the same connection
             got = read_replies(second, REDIS, 1)
             assert got == [TIMED_OUT]
-            # the whole connection closed when the first request expired, at ~0.4 s
-            assert 0.3 < time.monotonic() - started < 0.9
+            # the whole connection closed when the first request expired, at ~0.4 s (the
+            # upper bounds leave room for a machine the hypervisor stalls: steal reached 80%)
+            assert 0.3 < time.monotonic() - started < 2.0
             assert read_replies(first, REDIS, 3) == [TIMED_OUT, b"$-1\r\n", TIMED_OUT]
             # the next request opens a new connection and gets a full timeout of its own
             started = time.monotonic()
             assert proxy.ask(resp("GET", D), 1) == [TIMED_OUT]
-            assert 0.35 < time.monotonic() - started < 1.0
+            assert 0.35 < time.monotonic() - started < 2.0
             first.close()
             second.close()
             s1 = proxy.stats()["s1"]

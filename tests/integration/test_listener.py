@@ -113,6 +113,37 @@ def test_idle_client_is_parked_then_promoted_by_its_first_request(redis: RedisSe
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_client_connections_never_dip_while_parked_clients_are_promoted(
+        redis: RedisServer, loop_name: str) -> None:
+    """A promotion takes a loop iteration (the loop calls connection_made with call_soon):
+    meanwhile the client is still counted as parked, so at every iteration each of the clients
+    is counted once, as a connection or as an EOF. (It dipped: under a stalled machine a test
+    caught the counts in that iteration.)"""
+    count = 10
+
+    async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
+        socks = [connect(port) for _ in range(count)]
+        await until(lambda: runtime.parked == count)
+        seen = []
+        for sock in socks[:5]:
+            sock.sendall(resp("PING"))  # promoted by a request ...
+        for sock in socks[5:]:
+            sock.close()  # ... or by its EOF
+        for _ in range(2000):
+            connections = runtime.view()[1]["client_connections"]
+            seen.append(connections)
+            assert connections + runtime.stats.client_eof == count, seen
+            if runtime.stats.client_eof == 5 and len(runtime.clients) == 5:
+                break
+            await asyncio.sleep(0)
+        assert runtime.parked == 0 and len(runtime.clients) == 5, seen
+        for sock in socks[:5]:
+            sock.close()
+
+    in_process(redis, loop_name, scenario)
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_parked_client_reset_counts_an_error(redis: RedisServer, loop_name: str) -> None:
     async def scenario(runtime: PoolRuntime, listener: Listener, port: int) -> None:
         sock = connect(port)

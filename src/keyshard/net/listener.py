@@ -9,6 +9,8 @@ Rule 3: a client that has sent nothing yet is *parked*: the proxy holds only its
         connection. Its first byte (or its EOF) makes it a `ClientConn` with an asyncio
         transport. An idle connection thus costs ~0.1 KB of memory instead of ~1.3 KB
         (a uvloop transport, its protocol and parser); nothing else changes for the client.
+        It is counted as parked until the loop calls its `connection_made` (an iteration
+        after the transport is made), so client_connections never dips meanwhile.
         Where epoll is missing the loop's own `create_server` is used.
 Rule 4: accepting stops for a second when the process runs out of descriptors (EMFILE,
         ENFILE) or memory, instead of spinning on a listener that stays readable.
@@ -119,7 +121,7 @@ class Listener:
         try:
             await self.loop.connect_accepted_socket(maker, sock)
         except (OSError, RuntimeError) as err:
-            if not maker.made:
+            if maker.client is None or not maker.client.made:  # still counted as parked
                 runtime.parked -= 1
                 runtime.stats.client_err += 1
             if log.isEnabledFor(logging.INFO):
@@ -147,16 +149,32 @@ class Listener:
 class _ClientMaker:
     """The protocol factory of one promotion (a class, not a closure: no reference cycle)."""
 
-    __slots__ = ("runtime", "made")
+    __slots__ = ("runtime", "client")
 
     def __init__(self, runtime: PoolRuntime) -> None:
         self.runtime = runtime
-        self.made = False
+        self.client: _PromotedClient | None = None
 
     def __call__(self) -> ClientConn:
+        self.client = _PromotedClient(self.runtime)
+        return self.client
+
+
+class _PromotedClient(ClientConn):
+    """A parked client given its transport. It stays counted as parked until the loop calls
+    `connection_made` (the next iteration, in uvloop and asyncio alike), then it is counted
+    in runtime.clients: client_connections never dips while a promotion is under way."""
+
+    __slots__ = ("made",)
+
+    def __init__(self, runtime: PoolRuntime) -> None:
+        super().__init__(runtime)
+        self.made = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.made = True
-        self.runtime.parked -= 1  # from now on counted in runtime.clients
-        return ClientConn(self.runtime)
+        self.runtime.parked -= 1
+        super().connection_made(transport)
 
 
 class _AcceptedClient(ClientConn):

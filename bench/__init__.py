@@ -48,7 +48,9 @@ Method.
   run where either passed 10% are marked ‡ in the table.
 - Retries: a run where either passed 10% is measured again right away, up to
   `--retry-disturbed` more times (default 2; 0 turns it off), and the least disturbed attempt
-  is kept. The criterion is what /proc/stat says of the others, never the result, and it is
+  is kept (a failed attempt ends the retries and is reported as the run's failure, so a
+  retry never hides a crash). The criterion is what /proc/stat says of the others, never the
+  result, and it is
   the same for every proxy; the attempts not kept stay in results.json (the kept run's
   extra["discarded"]) and the report counts them. A disturbance that lasts (steal stayed at
   50-80% for minutes on this machine) outlasts the retries, hence ‡.

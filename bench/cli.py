@@ -272,14 +272,17 @@ def least_disturbed(attempt: Callable[[], Run], retries: int) -> Run:
     DISTURBED_PCT of the machine, up to `retries` more times; keep the least disturbed
     attempt. The criterion is what /proc/stat says of the others, never the result itself,
     and it is the same for every proxy. The attempts not kept are listed in the kept run's
-    extra["discarded"] (their requests/s and disturbance), so the report can count them."""
+    extra["discarded"] (their requests/s and disturbance), so the report can count them.
+    A failed attempt stops the retries and is the one kept."""
     runs = [attempt()]
     while (runs[-1].ok and disturbance(runs[-1]) > report.DISTURBED_PCT
            and len(runs) <= retries):
         print(f"    {disturbance(runs[-1]):.0f}% of the machine was not ours: again",
               flush=True)
         runs.append(attempt())
-    kept = min((r for r in runs if r.ok), key=disturbance, default=runs[-1])
+    # a failed attempt ends the retries and is what the run reports: a retry never hides a
+    # proxy that died or a client that failed
+    kept = runs[-1] if not runs[-1].ok else min(runs, key=disturbance)
     others = [r for r in runs if r is not kept]
     if others:
         kept.extra["discarded"] = [{"rps": r.rps, "error": r.error,

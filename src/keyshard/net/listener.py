@@ -121,9 +121,13 @@ class Listener:
         try:
             await self.loop.connect_accepted_socket(maker, sock)
         except (OSError, RuntimeError) as err:
-            if maker.client is None or not maker.client.made:  # still counted as parked
+            client = maker.client
+            if client is None:  # lost before it had a protocol: an error, as before
                 runtime.parked -= 1
                 runtime.stats.client_err += 1
+            elif client in runtime.promoting:  # lost before connection_made: still parked
+                runtime.promoting.discard(client)
+                runtime.parked -= 1
             if log.isEnabledFor(logging.INFO):
                 log.info("client on pool '%s' lost before its first read: %s",
                          runtime.conf.name, err)
@@ -153,28 +157,12 @@ class _ClientMaker:
 
     def __init__(self, runtime: PoolRuntime) -> None:
         self.runtime = runtime
-        self.client: _PromotedClient | None = None
+        self.client: ClientConn | None = None
 
     def __call__(self) -> ClientConn:
-        self.client = _PromotedClient(self.runtime)
-        return self.client
-
-
-class _PromotedClient(ClientConn):
-    """A parked client given its transport. It stays counted as parked until the loop calls
-    `connection_made` (the next iteration, in uvloop and asyncio alike), then it is counted
-    in runtime.clients: client_connections never dips while a promotion is under way."""
-
-    __slots__ = ("made",)
-
-    def __init__(self, runtime: PoolRuntime) -> None:
-        super().__init__(runtime)
-        self.made = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.made = True
-        self.runtime.parked -= 1
-        super().connection_made(transport)
+        client = self.client = ClientConn(self.runtime)
+        self.runtime.promoting.add(client)  # counted as parked until connection_made
+        return client
 
 
 class _AcceptedClient(ClientConn):

@@ -248,6 +248,9 @@ class PoolRuntime(RuntimeFields):
         self.clients: set[ClientConn] = set()
         self.total_clients = 0
         self.parked = 0  # accepted clients without a transport yet (listener Rule 3)
+        # parked clients given a transport whose connection_made has not run yet: they are
+        # still counted in `parked`, so client_connections never dips meanwhile
+        self.promoting: set[ClientConn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.paused_servers: set[ServerConn] = set()
         self.unknown_error = self.codec.error_reply(UNKNOWN)
@@ -291,6 +294,9 @@ class PoolRuntime(RuntimeFields):
         self.total_clients += 1
 
     def client_opened(self, client: ClientConn) -> None:
+        if self.promoting and client in self.promoting:  # from parked to clients, at once
+            self.promoting.discard(client)
+            self.parked -= 1
         self.clients.add(client)
         if self.paused_servers:
             client.pause_reading()

@@ -321,7 +321,7 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
         stats = self.runtime.stats
         for req in outq:
             owner = req.owner
-            if owner.__class__ is ClientConn and not owner.closed:
+            if isinstance(owner, ClientConn) and not owner.closed:  # subclasses too
                 stats.forward_error += 1  # an error reply made for a client (nutcracker's count)
             owner.req_failed(req, error)
         self.slot.failed(reason)

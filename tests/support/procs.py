@@ -8,6 +8,7 @@ Rule 2: `start()` returns only once the process accepts connections, or raises w
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,15 +27,33 @@ MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 _used_ports: set[int] = set()
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+PORTS = range(20000, max(_ephemeral_low(), 21000))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (and that this run has not handed out)."""
-    for _ in range(200):
+    """A TCP port on 127.0.0.1 nobody listens on (and that this run has not handed out),
+    below the kernel's range for outgoing connections: a port from `bind(0)` is in that
+    range, and between its check and the server's bind an outgoing connection of another
+    test could take it (a redis-server exited "before listening" on 55087 that way)."""
+    for _ in range(500):
+        port = random.choice(PORTS)
+        if port in _used_ports:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _used_ports.add(port)
+        return port
     raise RuntimeError("no free port")
 
 

@@ -23,6 +23,7 @@ from keyshard import __version__
 from keyshard.cli import Options, UsageError, banner_lines, parse_args, parse_host_port, usage
 from keyshard.daemon import remove_pid_file, write_pid_file
 from keyshard.metrics import describe_stats
+from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NUTCRACKER = shutil.which("nutcracker") or ("/usr/sbin/nutcracker"
@@ -38,12 +39,6 @@ BANNER = "\n".join(banner_lines()) + "\n\n"
 def keyshard(*args: str, cwd: Path = ROOT, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keyshard", *args], capture_output=True,
                           text=True, cwd=cwd, env=ENV, timeout=timeout, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------

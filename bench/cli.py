@@ -242,10 +242,9 @@ def _choose_n(w: Workload, warm_n: int, proxies: list[Proxy], seconds: float, ti
         if run.ok and run.rps:
             rates.setdefault(p.label, run.rps)
     n = n_for(list(rates.values()), warm_n, seconds)
-    source = max(rates, key=rates.__getitem__) if rates else None
-    meta.setdefault("n", {})[w.name] = {"n": n, "from": source,
-                                        "warmup_rps": rates.get(source) if source else None,
-                                        "warmup_rates": rates}
+    source = max(rates, key=rates.__getitem__, default=None)
+    meta.setdefault("n", {})[w.name] = {"n": n, "from": source, "warmup_rates": rates,
+                                        "warmup_rps": max(rates.values(), default=None)}
     return n
 
 

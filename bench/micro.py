@@ -63,6 +63,9 @@ class _Sink:
     def write(self, data: bytes) -> None:
         self.n += 1
 
+    def writelines(self, bufs: list[bytes]) -> None:
+        self.n += 1
+
     def is_closing(self) -> bool:
         return False
 

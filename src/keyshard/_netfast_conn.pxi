@@ -135,10 +135,23 @@ cdef class Flusher:
 cdef object _t_type = None
 cdef object _t_closing = None
 cdef object _t_write = None
+cdef object _t_writelines = None
+cdef Py_ssize_t GATHER_BYTES = 16384  # keyshard.net.writer.GATHER_BYTES (Rule 5 there)
+WRITER_GATHER_BYTES = GATHER_BYTES  # for the tests: the same as the reference's
+
+
+cdef inline bint _gather(list wbuf) except -1:
+    """Whether the buffers add up to GATHER_BYTES (counted until they do)."""
+    cdef Py_ssize_t total = 0
+    for buf in wbuf:
+        total += len(buf)
+        if total >= GATHER_BYTES:
+            return True
+    return False
 
 
 cdef int _writer_flush(ConnFields self) except -1:
-    global _t_type, _t_closing, _t_write
+    global _t_type, _t_closing, _t_write, _t_writelines
     self.dirty = False
     cdef list wbuf = self.wbuf
     if not wbuf:
@@ -149,9 +162,16 @@ cdef int _writer_flush(ConnFields self) except -1:
     self.wbuf = []
     cls = type(transport)
     if cls is not _t_type:
-        _t_closing, _t_write, _t_type = cls.is_closing, cls.write, cls
+        _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
+        _t_type = cls
     write = _t_write  # is_closing might flush a transport of another type
+    writelines = _t_writelines
     if _t_closing(transport):
         return 0
-    write(transport, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+    if len(wbuf) == 1:
+        write(transport, wbuf[0])
+    elif _gather(wbuf):
+        writelines(transport, wbuf)  # writer Rule 5
+    else:
+        write(transport, b"".join(wbuf))
     return 0

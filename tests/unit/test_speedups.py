@@ -626,10 +626,15 @@ class _Loop:
 class _Transport:
     def __init__(self) -> None:
         self.out: list[bytes] = []
+        self.gathered: list[int] = []  # per writelines call, its number of buffers
         self.closed = False
 
     def write(self, data: bytes) -> None:
         self.out.append(bytes(data))
+
+    def writelines(self, bufs: list[bytes]) -> None:
+        self.gathered.append(len(bufs))
+        self.out.append(b"".join(bufs))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -826,6 +831,44 @@ def _assert_latency_seen(latency: str, transcript: list[Any]) -> None:
         rows = transcript[-2]
         assert sum(sum(row[:-1]) for row in rows.values()) == nreplies
         assert sum(1 for row in rows.values() for count in row[:-1] if count) > 3
+
+
+def _flushes(values: list[int]) -> list[tuple[list[int], bytes]]:
+    """One read of pipelined SETs with values of these sizes, to one server: what its
+    transport was given, per loop run (the gathered writes' buffer counts, the bytes)."""
+    from keyshard.net.client import ClientConn
+
+    rt, loop, conns = _runtime(1)
+    client = ClientConn(rt)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    out = []
+    for size in values:
+        client.data_received(_cmd(b"SET", b"k%d" % size, b"v" * size) * 3)
+        loop.run()
+        t = conns[0].transport
+        out.append((t.gathered, b"".join(t.out)))
+        t.gathered, t.out = [], []
+    return out
+
+
+@needs_net
+def test_writer_gathers_large_flushes_in_both_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer Rule 5: a flush of several buffers adding up to GATHER_BYTES goes out as one
+    writelines of the buffers themselves; smaller flushes as one joined write. The compiled
+    writer and the reference do the same, with the same threshold."""
+    from keyshard.net import writer
+
+    assert _netfast is not None
+    assert _netfast.WRITER_GATHER_BYTES == writer.GATHER_BYTES
+    third = writer.GATHER_BYTES // 3
+    sizes = [10, third - 40, third + 40, 100_000]  # 3 requests a read: below, at, above
+    compiled = _flushes(sizes)
+    monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
+    monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
+    assert _flushes(sizes) == compiled
+    assert [gathered for gathered, _ in compiled] == [[], [], [3], [3]]
+    for size, (_, data) in zip(sizes, compiled, strict=True):
+        assert data == _cmd(b"SET", b"k%d" % size, b"v" * size) * 3
 
 
 @needs_net

@@ -51,8 +51,8 @@ Method.
   is kept (a failed attempt ends the retries and is reported as the run's failure, so a
   retry never hides a crash). The criterion is what /proc/stat says of the others, never the
   result, and it is the same for every proxy; the attempts not kept stay in results.json
-  (the kept run's extra["discarded"]) and the report counts them. A disturbance that lasts (steal stayed at
-  50-80% for minutes on this machine) outlasts the retries, hence ‡.
+  (the kept run's extra["discarded"]) and the report counts them. A disturbance that lasts
+  (steal stayed at 50-80% for minutes on this machine) outlasts the retries, hence ‡.
 - Robustness: a run is bounded by N and by a timeout (the client is killed); a proxy that dies
   is restarted for the next run and the run is reported as failed; each run starts with a
   byte-exact SET/GET probe. Every process is stopped by PID at the end, also on Ctrl-C.

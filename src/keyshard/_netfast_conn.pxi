@@ -22,7 +22,7 @@ cdef class ClientFields(ConnFields):
 cdef class ServerFields(ConnFields):
     """Twin of `keyshard.net.fields.ServerFields`."""
     cdef public object slot, outq, sock, timer, stats
-    cdef public bint connected
+    cdef public bint connected, hold
     cdef public double timeout
     cdef public Py_ssize_t swallowed
 
@@ -115,11 +115,15 @@ cdef class Flusher:
         cdef list dirty = self.dirty
         self.dirty = []
         cdef ConnFields c
+        cdef bint hold
         for conn in dirty:
             if isinstance(conn, ConnFields):
                 c = <ConnFields>conn
-                if not c.deferred and c.transport is not None and (
-                        not isinstance(c, ClientFields) or (<ClientFields>c).queue):
+                if isinstance(c, ClientFields):
+                    hold = bool((<ClientFields>c).queue)
+                else:
+                    hold = isinstance(c, ServerFields) and (<ServerFields>c).hold
+                if not c.deferred and c.transport is not None and hold:
                     c.deferred = True  # writer Rules 3 and 4: once, then written
                     self.mark(c)
                     continue

@@ -1106,6 +1106,24 @@ def test_server_writes_wait_one_iteration() -> None:
     assert first.transport.out == [b"$1\r\nx\r\n"] and second.transport.out == [b"$1\r\ny\r\n"]
 
 
+def test_memcache_server_writes_leave_at_once() -> None:
+    """keyshard.net.writer Rule 4 is for Redis pools only, in both modes: a memcache server
+    connection is written by the first flush after its request was buffered."""
+    from keyshard.net.client import ClientConn
+
+    rt, loop, conns = _runtime(1, redis=False)
+    assert conns[0].hold is False
+    client = ClientConn(rt)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.data_received(b"get a\r\n")
+    cb, args = loop.soon.pop(0)
+    cb(*args)
+    assert conns[0].transport.out == [b"get a\r\n"]
+    assert not conns[0].dirty and not conns[0].deferred and not loop.soon
+    _, _, redis_conns = _runtime(1)
+    assert redis_conns[0].hold is True  # the hold of test_server_writes_wait_one_iteration
+
+
 def test_split_fragments_are_plain_requests() -> None:
     """The split (either twin) builds each fragment as Request(raw, KIND_FORWARD, cmd, b"")
     would, except for what the net layer sets (owner, ctx, server)."""

@@ -67,7 +67,8 @@ class ClientFields(ConnFields):
 
 
 class ServerFields(ConnFields):
-    __slots__ = ("slot", "outq", "sock", "timer", "stats", "connected", "timeout", "swallowed")
+    __slots__ = ("slot", "outq", "sock", "timer", "stats", "connected", "timeout", "swallowed",
+                 "hold")
     slot: ServerSlot
     outq: deque[Request]
     sock: socket.socket | None
@@ -76,6 +77,7 @@ class ServerFields(ConnFields):
     connected: bool
     timeout: float
     swallowed: int
+    hold: bool
 
 
 class RuntimeFields:

@@ -108,6 +108,7 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
         self.wbuf: list[bytes] = []
         self.dirty = False
         self.deferred = False  # its flush was put off by one loop iteration (writer Rule 4)
+        self.hold = runtime.codec.name == "redis"  # whether Rule 4 puts its flushes off
         self.outq: deque[Request] = deque()
         self.connected = False
         self.closed = False

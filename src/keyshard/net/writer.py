@@ -12,15 +12,15 @@ Rule 3: a client whose queue still waits for replies (a pipeline spread over ser
 Rule 4: a server connection of a Redis pool is always flushed one loop iteration later,
         once: the requests other clients send in the meantime (the next poll's reads) leave
         in the same write. nutcracker paces its writes the same way (it asks epoll for
-        writability and writes on the next wakeup). Fewer, larger writes cost the proxy and the servers less: in an A/B
-        with the client pinned to its own core (`python -m bench --pin`), MGET of 10 keys went
-        from 65.8k to 71.9k requests/s and GET at depth 1 did not move beyond noise (-1%); a
-        lone client's latency did not change measurably (one more non-blocking poll).
-        A memcache pool's server connections are flushed at once (`ServerFields.hold` is
-        False): memcslap's 50 blocking threads leave a fifth of the machine idle, so there
-        the round trip sets the rate, not CPU; with the hold, the same build did memcache
-        get at 0.90x and 0.93x and set at 0.96x and 0.97x the rate it did without it (two
-        interleaved runs of six repetitions, one in each order).
+        writability and writes on the next wakeup). Fewer, larger writes cost the proxy and
+        the servers less: in an A/B with the client pinned to its own core (`python -m bench
+        --pin`), MGET of 10 keys went from 65.8k to 71.9k requests/s and GET at depth 1 did
+        not move beyond noise (-1%); a lone client's latency did not change measurably (one
+        more non-blocking poll). A memcache pool's server connections are flushed at once
+        (`ServerFields.hold` is False): memcslap's 50 blocking threads leave a fifth of the
+        machine idle, so there the round trip sets the rate, not CPU; with the hold, the same
+        build did memcache get at 0.90x and 0.93x and set at 0.96x and 0.97x the rate it did
+        without it (two interleaved runs of six repetitions, one in each order).
 Rule 5: a flush of several buffers that add up to `GATHER_BYTES` or more (4 KB values, large
         replies) goes out as `transport.writelines`, one gathered write (writev) from the
         buffers as they are, instead of being joined: a join copies every byte once more in

@@ -291,31 +291,31 @@ cdef Py_ssize_t _pair_replies(ServerFields self, object outq, object replies) ex
             owner.req_done(req)
     paired = before - len(outq)
     _count_responses(self.stats, paired, nbytes)
-    _drain_all(clients)
+    _drain_all(clients, not self.hold)  # writer Rule 6 where Rule 4 does not hold
     if bad:
         self.bad_reply(paired)
         return -1
     return paired
 
 
-cdef int _drain_all(list clients) except -1:
+cdef int _drain_all(list clients, bint eager) except -1:
     for client in clients:
         if isinstance(client, ClientFields):
-            _client_drain(<ClientFields>client)
+            _client_drain(<ClientFields>client, eager)
         else:
-            client.drain()
+            client.drain(eager)
     return 0
 
 # --------------------------------------------------------------------------------------------
 # ClientConn.drain / req_done
 
 
-def client_drain(ClientFields self):
+def client_drain(ClientFields self, bint eager=False):
     """Twin of `ClientConn.drain`: write every finished reply at the head of the queue."""
-    _client_drain(self)
+    _client_drain(self, eager)
 
 
-cdef int _client_drain(ClientFields self) except -1:
+cdef int _client_drain(ClientFields self, bint eager=False) except -1:
     cdef RuntimeFields runtime = <RuntimeFields?>self.runtime
     latency = runtime.latency
     cdef double now = runtime.loop.time() if latency is not None else 0.0
@@ -334,7 +334,10 @@ cdef int _client_drain(ClientFields self) except -1:
     if done:
         del queue[:done]
     if not self.dirty and wbuf:
-        _mark(self)
+        if eager and not queue:
+            _writer_flush(self)  # writer Rule 6: from the server's read, no flusher round
+        else:
+            _mark(self)
     close_mark = self.close_mark
     if close_mark is not None and close_mark not in queue:
         self.close_in_error()

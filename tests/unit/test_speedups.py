@@ -1107,21 +1107,38 @@ def test_server_writes_wait_one_iteration() -> None:
 
 
 def test_memcache_server_writes_leave_at_once() -> None:
-    """keyshard.net.writer Rule 4 is for Redis pools only, in both modes: a memcache server
-    connection is written by the first flush after its request was buffered."""
+    """keyshard.net.writer Rules 4 and 6, in both modes: a memcache server connection is
+    written by the first flush after its request was buffered (Rule 4 is for Redis pools),
+    and its read writes the replies of a client that waits for nothing more at once (Rule
+    6); a client still waiting goes through the flusher."""
     from keyshard.net.client import ClientConn
 
     rt, loop, conns = _runtime(1, redis=False)
     assert conns[0].hold is False
-    client = ClientConn(rt)
-    client.connection_made(_Transport())  # type: ignore[arg-type]
+
+    def step() -> None:
+        cb, args = loop.soon.pop(0)
+        cb(*args)
+
+    client, waiting = ClientConn(rt), ClientConn(rt)
+    for c in (client, waiting):
+        c.connection_made(_Transport())  # type: ignore[arg-type]
     client.data_received(b"get a\r\n")
-    cb, args = loop.soon.pop(0)
-    cb(*args)
+    step()
     assert conns[0].transport.out == [b"get a\r\n"]
     assert not conns[0].dirty and not conns[0].deferred and not loop.soon
+    conns[0].data_received(b"VALUE a 0 1\r\nx\r\nEND\r\n")
+    assert client.transport.out == [b"VALUE a 0 1\r\nx\r\nEND\r\n"]  # no flusher round
+    assert not client.dirty and not loop.soon
+    waiting.data_received(b"get b\r\nget c\r\n")
+    step()
+    conns[0].data_received(b"END\r\n")  # b answered, c not yet
+    assert waiting.transport.out == [] and waiting.dirty and len(loop.soon) == 1
+    conns[0].data_received(b"END\r\n")  # c too, before the flusher's round: one write
+    step()
+    assert waiting.transport.out == [b"END\r\nEND\r\n"] and not loop.soon
     _, _, redis_conns = _runtime(1)
-    assert redis_conns[0].hold is True  # the hold of test_server_writes_wait_one_iteration
+    assert redis_conns[0].hold is True  # Rules 4 and 3 as before: the tests above
 
 
 def test_split_fragments_are_plain_requests() -> None:

@@ -183,9 +183,10 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):
             return  # an earlier request is still waiting; it will drain this one too
         self.drain()
 
-    def drain(self) -> None:
+    def drain(self, eager: bool = False) -> None:
         """Write every finished reply at the head of the queue (servers call this once per
-        read for each client they answered: `batched`)."""
+        read for each client they answered: `batched`); with `eager`, a client that waits
+        for nothing more is written now (writer Rule 6)."""
         queue = self.queue
         wbuf = self.wbuf
         latency = self.runtime.latency
@@ -202,8 +203,11 @@ class ClientConn(ClientFields, asyncio.Protocol, Writer):
         if done:
             del queue[:done]
         if not self.dirty and wbuf:
-            self.dirty = True
-            self.flusher.mark(self)
+            if eager and not queue:
+                self.flush()  # writer Rule 6: from the server's read, no flusher round
+            else:
+                self.dirty = True
+                self.flusher.mark(self)
         if self.close_mark is not None and self.close_mark not in queue:
             self.close_in_error()
         elif not queue and self.closing:

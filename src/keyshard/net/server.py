@@ -262,7 +262,7 @@ class ServerConn(ServerFields, asyncio.Protocol, Writer):
         stats.responses += paired
         stats.response_bytes += nbytes
         for client in clients:
-            client.drain()
+            client.drain(not self.hold)  # writer Rule 6 where Rule 4 does not hold
         if bad:
             self.bad_reply(paired)
             return -1

@@ -26,6 +26,13 @@ Rule 5: a flush of several buffers that add up to `GATHER_BYTES` or more (4 KB v
         buffers as they are, instead of being joined: a join copies every byte once more in
         user space before the kernel copies it again. Smaller flushes are joined, which is
         cheaper than gathering a handful of short pieces.
+Rule 6: where Rule 4 does not hold (memcache), a server's read writes the replies of each
+        client that waits for nothing more right away (`ClientConn.drain(eager=True)`), not
+        from the flusher's next round: the round trip is what sets the rate there (Rule 4).
+        Against the same build without it, two interleaved runs of six repetitions, one in
+        each order: memcache get 1.03x and 1.11x, set 1.02x and 1.01x the requests/s, at
+        0.92-1.00x the CPU per request. A client still waiting (a multi-get half answered)
+        and every Redis client go through the flusher as before (Rules 1 and 3).
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ Rule 4: a server connection of a Redis pool is always flushed one loop iteration
         the servers less: in an A/B with the client pinned to its own core (`python -m bench
         --pin`), MGET of 10 keys went from 65.8k to 71.9k requests/s and GET at depth 1 did
         not move beyond noise (-1%); a lone client's latency did not change measurably (one
-        more non-blocking poll). A memcache pool's server connections are flushed at once
-        (`ServerFields.hold` is False): memcslap's 50 blocking threads leave a fifth of the
-        machine idle, so there the round trip sets the rate, not CPU; with the hold, the same
-        build did memcache get at 0.90x and 0.93x and set at 0.96x and 0.97x the rate it did
-        without it (two interleaved runs of six repetitions, one in each order).
+        more non-blocking poll). A memcache pool's server connections are not put off: the
+        flusher's first round writes them (`ServerFields.hold` is False). memcslap's 50
+        blocking threads leave a fifth of the machine idle, so there the round trip sets the
+        rate, not CPU; with the hold, the same build did memcache get at 0.90x and 0.93x and
+        set at 0.96x and 0.97x the rate it did without it (two interleaved runs of six
+        repetitions, one in each order).
 Rule 5: a flush of several buffers that add up to `GATHER_BYTES` or more (4 KB values, large
         replies) goes out as `transport.writelines`, one gathered write (writev) from the
         buffers as they are, instead of being joined: a join copies every byte once more in

@@ -1,7 +1,7 @@
 """How much one GET at depth 1 costs from run to run: `python -m bench.spread [--runs 8]`.
 
 At depth 1 on two shared cores, back-to-back runs of the same proxy differ by up to ~40% in
-requests/s (README, "Read single figures with care"). This runs back-to-back GETs
+requests/s (docs/performance.md, "Read single figures with care"). This runs back-to-back GETs
 (redis-benchmark, 50 clients, `-r 100000`) through each proxy in turn and prints, per run,
 where the difference is: the machine's busy share, how often the proxy blocked in epoll, how
 many requests its writes to the redis-servers carried, and the CPU per GET of the servers and

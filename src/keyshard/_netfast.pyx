@@ -44,6 +44,11 @@ cimport cython
 from libc.math cimport INFINITY
 from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    # `del lst[low:high]` with itemlist NULL, without making a slice object
+    int PyList_SetSlice(object lst, Py_ssize_t low, Py_ssize_t high, PyObject* itemlist) except -1
 
 from keyshard._speedups cimport (
     PoolFields, Request, _new_request, _Router, _router_of, parser_error, parser_feed,
@@ -332,7 +337,7 @@ cdef int _client_drain(ClientFields self, bint eager=False) except -1:
         if latency is not None:
             _observe_req(latency, head, now)
     if done:
-        del queue[:done]
+        PyList_SetSlice(queue, 0, done, NULL)  # del queue[:done]
     if not self.dirty and wbuf:
         if eager and not queue:
             _writer_flush(self)  # writer Rule 6: from the server's read, no flusher round

@@ -163,19 +163,25 @@ cdef int _writer_flush(ConnFields self) except -1:
     transport = self.transport
     if transport is None:
         return 0  # not connected yet: connection_made flushes
-    self.wbuf = []
     cls = type(transport)
     if cls is not _t_type:
         _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
         _t_type = cls
     write = _t_write  # is_closing might flush a transport of another type
     writelines = _t_writelines
+    cdef Py_ssize_t n = len(wbuf)
     if _t_closing(transport):
+        PyList_SetSlice(wbuf, 0, n, NULL)
         return 0
-    if len(wbuf) == 1:
-        write(transport, wbuf[0])
+    if n == 1:  # writer Rule 7: the list is emptied and kept, not replaced
+        data = wbuf[0]
+        PyList_SetSlice(wbuf, 0, 1, NULL)
     elif _gather(wbuf):
+        self.wbuf = []  # writelines keeps the buffers, not the list
         writelines(transport, wbuf)  # writer Rule 5
+        return 0
     else:
-        write(transport, b"".join(wbuf))
+        data = b"".join(wbuf)
+        PyList_SetSlice(wbuf, 0, n, NULL)
+    write(transport, data)
     return 0

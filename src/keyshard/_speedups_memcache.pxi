@@ -22,6 +22,7 @@ cdef int _KIND_FORWARD = _base.KIND_FORWARD
 cdef int _KIND_QUIT = _base.KIND_QUIT
 cdef object _MC_VERBS = (b"get", b"gets", b"set", b"add", b"replace", b"append", b"prepend")
 cdef tuple _MC_LINES = ()  # memcache.LINE_REPLIES
+cdef tuple _MC_REPLY_LINES = ()  # each of _MC_LINES with its CRLF: a reply made once
 cdef tuple _MC_TEXT = ()  # memcache.TEXT_PREFIXES
 cdef object _mc_request_type = None  # memcache_framers' classes whose `feed` is `_mc_feed`
 cdef object _mc_reply_type = None
@@ -200,24 +201,27 @@ cdef Py_ssize_t _mc_general(object self, bytes buf, Py_ssize_t pos, Py_ssize_t n
     return pos + len(req.raw)
 
 
-cdef inline bint _mc_one_line(const unsigned char* b, Py_ssize_t p, Py_ssize_t cr) noexcept:
-    """`line in LINE_REPLIES or line.isdigit() or line.startswith(TEXT_PREFIXES)`."""
+cdef inline Py_ssize_t _mc_one_line(const unsigned char* b, Py_ssize_t p,
+                                     Py_ssize_t cr) noexcept:
+    """`line in LINE_REPLIES or line.isdigit() or line.startswith(TEXT_PREFIXES)`: 0 if
+    not; the index in _MC_LINES plus 1 of a line in LINE_REPLIES; -1 for the others."""
     cdef Py_ssize_t size = cr - p, i
     cdef bytes word
-    for word in _MC_LINES:
+    for i in range(len(_MC_LINES)):
+        word = <bytes>_MC_LINES[i]
         if PyBytes_GET_SIZE(word) == size and memcmp(b + p, PyBytes_AS_STRING(word), size) == 0:
-            return True
+            return i + 1
     if size > 0:
         i = p
         while i < cr and _isdigit(b[i]):
             i += 1
         if i == cr:
-            return True
+            return -1
     for word in _MC_TEXT:
         if PyBytes_GET_SIZE(word) <= size and memcmp(
                 b + p, PyBytes_AS_STRING(word), PyBytes_GET_SIZE(word)) == 0:
-            return True
-    return False
+            return -1
+    return 0
 
 
 cdef Py_ssize_t _mc_block(const unsigned char* b, Py_ssize_t p, Py_ssize_t n,
@@ -316,6 +320,7 @@ cdef object _mc_reply_parse_c(object self, object data):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef Py_ssize_t pos = 0, end, cr
     cdef const unsigned char* c
+    cdef Py_ssize_t line
     cdef list out = []
     # a reply cut at the end of the last read: only `_cut` sets `_resume`, and it ends the
     # loop, so it is read once per read here rather than once per reply as in the reference
@@ -332,8 +337,14 @@ cdef object _mc_reply_parse_c(object self, object data):
             c = <const unsigned char*>memchr(b + pos, 13, n - pos)
             if c != NULL:
                 cr = c - b
-                if cr < n - 1 and b[cr + 1] == 10 and _mc_one_line(b, pos, cr):
-                    end = cr + 2
+                if cr < n - 1 and b[cr + 1] == 10:
+                    line = _mc_one_line(b, pos, cr)
+                    if line > 0:  # STORED and the like: the same bytes, not a copy
+                        PyList_Append(out, _MC_REPLY_LINES[line - 1])
+                        pos = cr + 2
+                        continue
+                    if line < 0:
+                        end = cr + 2
             if end < 0:
                 end = self._scan(buf, pos, pos, n)
         if end < 0:
@@ -347,8 +358,9 @@ def memcache_framers(request_base, reply_base, line_replies, text_prefixes):
     """(MemcacheRequestParser, MemcacheReplyParser) whose `_parse` is compiled, and `feed`
     too when their state is the compiled `FramerFields`: subclasses of the reference classes
     given, which keep every other method."""
-    global _MC_LINES, _MC_TEXT, _mc_request_type, _mc_reply_type
+    global _MC_LINES, _MC_REPLY_LINES, _MC_TEXT, _mc_request_type, _mc_reply_type
     _MC_LINES = tuple(sorted(line_replies))
+    _MC_REPLY_LINES = tuple(bytes(line) + b"\r\n" for line in _MC_LINES)
     _MC_TEXT = tuple(text_prefixes)
     made = []
     for base, parse, feed in ((request_base, _mc_request_parse, _mc_request_feed),

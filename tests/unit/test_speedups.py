@@ -871,6 +871,64 @@ def test_writer_gathers_large_flushes_in_both_twins(monkeypatch: pytest.MonkeyPa
         assert data == _cmd(b"SET", b"k%d" % size, b"v" * size) * 3
 
 
+class _WritingBackTransport(_Transport):
+    """Its first write writes to its connection again, from inside (as a callback could)."""
+
+    conn: Any = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if data == b"first":
+            self.conn.write(b"from inside")
+
+
+def _rule7_transcript() -> list[Any]:
+    """What a client's transport got and whether its `wbuf` stayed the same list, after a
+    flush of one buffer (that writes again from inside), of two, of two gathered, and of
+    one to a closing transport."""
+    from keyshard.net import writer
+    from keyshard.net.client import ClientConn
+
+    rt, loop, _ = _runtime(1)
+    client = ClientConn(rt)
+    t = _WritingBackTransport()
+    t.conn = client
+    client.connection_made(t)  # type: ignore[arg-type]
+    half = writer.GATHER_BYTES // 2
+    steps: list[tuple[bytes, ...]] = [(b"first",), (b"a", b"b"), (b"x" * half, b"y" * half),
+                                      (b"lost",)]
+    out = []
+    for i, data in enumerate(steps):
+        t.closed = i == len(steps) - 1
+        wbuf = client.wbuf
+        for d in data:
+            client.write(d)
+        loop.run()
+        out.append((client.wbuf is wbuf, list(client.wbuf), t.out, t.gathered))
+        t.out, t.gathered = [], []
+    return out
+
+
+@needs_net
+def test_writer_keeps_its_list_in_both_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer Rule 7: a flush empties `wbuf` in place (no new list per flush), except a
+    gathered one, which hands its list to writelines; what is written from inside the
+    transport's write is flushed after it; a closing transport's buffers are dropped."""
+    from keyshard.net import writer
+
+    compiled = _rule7_transcript()
+    monkeypatch.setattr(writer, "Flusher", writer.PyFlusher)
+    monkeypatch.setattr(writer.Writer, "flush", writer.py_writer_flush)
+    assert _rule7_transcript() == compiled
+    half = writer.GATHER_BYTES // 2
+    assert compiled == [
+        (True, [], [b"first", b"from inside"], []),
+        (True, [], [b"ab"], []),
+        (False, [], [b"x" * half + b"y" * half], [2]),
+        (True, [], [], []),
+    ]
+
+
 @needs_net
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from([b"get", b"mget", b"set", b"x" * 40]),

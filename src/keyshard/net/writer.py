@@ -36,6 +36,14 @@ Rule 6: where Rule 4 does not hold (memcache), a server's read writes the replie
         each order: memcache get 1.03x and 1.11x, set 1.02x and 1.01x the requests/s, at
         0.92-1.00x the CPU per request. A client still waiting (a multi-get half answered)
         and every Redis client go through the flusher as before (Rules 1 and 3).
+Rule 7: a flush empties `wbuf` in place and keeps it, rather than replacing it with a new
+        list (with Rule 6 a memcache client is flushed once per reply: a list made and freed
+        per request); only a gathered flush (Rule 5) hands its list over and takes a new one.
+        The data is taken out before `transport.write`, so anything written from inside it
+        (a protocol callback) lands in the emptied list and is flushed in turn. Measured
+        with Rule 6 below and the memcache one-line replies made once
+        (`keyshard._speedups`): `bench.micro`, best of four alternating runs, memcache get
+        785 -> 725 ns, set 754 -> 687, GET 772 -> 737.
 """
 
 from __future__ import annotations
@@ -113,15 +121,20 @@ class Writer:
         transport = self.transport
         if transport is None:
             return  # not connected yet: connection_made flushes (Rule 2)
-        self.wbuf: list[bytes] = []  # typed for mypy, which reads it as Writer's own attribute
         if transport.is_closing():
+            wbuf.clear()
             return
-        if len(wbuf) == 1:
-            transport.write(wbuf[0])
+        if len(wbuf) == 1:  # Rule 7: the list is emptied and kept
+            data = wbuf[0]
+            wbuf.clear()
         elif sum(map(len, wbuf)) >= GATHER_BYTES:
-            transport.writelines(wbuf)  # Rule 5
+            self.wbuf: list[bytes] = []  # typed for mypy: it reads it as Writer's attribute
+            transport.writelines(wbuf)  # Rule 5: writelines keeps the buffers, not the list
+            return
         else:
-            transport.write(b"".join(wbuf))
+            data = b"".join(wbuf)
+            wbuf.clear()
+        transport.write(data)
 
 
 # The references stay reachable under these names (tests).

@@ -9,7 +9,7 @@
     client_req_done      keyshard.net.client.ClientConn.req_done
     client_data_received keyshard.net.client.ClientConn.data_received
     Flusher              keyshard.net.writer.Flusher (Writer.flush inlined in its flush)
-    writer_flush         keyshard.net.writer.Writer.flush
+    writer_flush         keyshard.net.writer.Writer.flush (and writer Rule 8, compiled only)
     ConnFields...        keyshard.net.fields: the connections' fields as C struct members
     LatencyRows          keyshard.prometheus.LatencyRows
     split                keyshard.net.runtime.PoolRuntime.split
@@ -23,7 +23,8 @@ Rule 1: only the common case is compiled: forwarding and splitting requests onto
         histograms of `--metrics-addr` (`LatencyRows`, its counts C integers). Everything else
         calls the same Python code the reference calls (local requests, failures, opening a
         connection, a timer firing, bad replies). Behaviour is the reference's, step for
-        step, in the same order.
+        step, in the same order; the one difference is how a flush reaches a uvloop socket
+        (writer Rule 8: the same bytes in the same order, not through the transport).
 Rule 2: requests that are the compiled `keyshard._speedups.Request` (what
         `keyshard.protocol.base.Request` is when the extension is in use) are read and written
         as C struct members (`_speedups.pxd`); any other object goes through getattr/setattr.
@@ -45,6 +46,8 @@ from libc.math cimport INFINITY
 from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from posix.unistd cimport write as c_write
 
 cdef extern from "Python.h":
     # `del lst[low:high]` with itemlist NULL, without making a slice object

@@ -9,6 +9,11 @@ cdef class ConnFields:
     cdef public object runtime, flusher, codec, parser, transport
     cdef public list wbuf
     cdef public bint dirty, deferred, closed
+    # writer Rule 8 (`_direct`): the transport whose socket `_fd` is (-1: not written
+    # directly), and whether uvloop may still hold data of an earlier write
+    cdef object _fd_of
+    cdef int _fd
+    cdef bint _wpending
 
 
 cdef class ClientFields(ConnFields):
@@ -140,6 +145,7 @@ cdef object _t_type = None
 cdef object _t_closing = None
 cdef object _t_write = None
 cdef object _t_writelines = None
+cdef bint _t_direct = False  # uvloop's: its socket may be written directly (Rule 8)
 cdef Py_ssize_t GATHER_BYTES = 16384  # keyshard.net.writer.GATHER_BYTES (Rule 5 there)
 WRITER_GATHER_BYTES = GATHER_BYTES  # for the tests: the same as the reference's
 
@@ -154,8 +160,37 @@ cdef inline bint _gather(list wbuf) except -1:
     return False
 
 
+cdef int _fd_of(ConnFields self, object transport, bint direct) except -2:
+    """The socket of `transport` when writer Rule 8 may write to it itself, else -1 (looked
+    up once per transport)."""
+    cdef int fd = -1
+    if direct:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            fd = sock.fileno()
+    self._fd_of = transport
+    self._fd = fd
+    self._wpending = False
+    return fd
+
+
+cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint direct) except -2:
+    """Writer Rule 8: write `data` to the socket itself when uvloop holds nothing of this
+    connection's; how much went, or -1 when it was not tried or failed (EAGAIN included).
+    The caller hands the rest, or all of it, to the transport, which buffers it, or meets
+    the error again and handles it as it always does."""
+    cdef int fd = self._fd if self._fd_of is transport else _fd_of(self, transport, direct)
+    if fd < 0:
+        return -1
+    if self._wpending:  # the transport was given data: written only once it has none left
+        if transport.get_write_buffer_size():
+            return -1
+        self._wpending = False
+    return c_write(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
 cdef int _writer_flush(ConnFields self) except -1:
-    global _t_type, _t_closing, _t_write, _t_writelines
+    global _t_type, _t_closing, _t_write, _t_writelines, _t_direct
     self.dirty = False
     cdef list wbuf = self.wbuf
     if not wbuf:
@@ -166,9 +201,11 @@ cdef int _writer_flush(ConnFields self) except -1:
     cls = type(transport)
     if cls is not _t_type:
         _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
+        _t_direct = (cls.__module__ or "").startswith("uvloop")
         _t_type = cls
     write = _t_write  # is_closing might flush a transport of another type
     writelines = _t_writelines
+    cdef bint direct = _t_direct
     cdef Py_ssize_t n = len(wbuf)
     if _t_closing(transport):
         PyList_SetSlice(wbuf, 0, n, NULL)
@@ -178,10 +215,19 @@ cdef int _writer_flush(ConnFields self) except -1:
         PyList_SetSlice(wbuf, 0, 1, NULL)
     elif _gather(wbuf):
         self.wbuf = []  # writelines keeps the buffers, not the list
+        self._wpending = True
         writelines(transport, wbuf)  # writer Rule 5
         return 0
     else:
         data = b"".join(wbuf)
         PyList_SetSlice(wbuf, 0, n, NULL)
+    cdef Py_ssize_t sent = -1
+    if type(data) is bytes:
+        sent = _direct(self, transport, <bytes>data, direct)
+        if sent == PyBytes_GET_SIZE(data):
+            return 0
+        if sent > 0:
+            data = data[sent:]
+    self._wpending = True
     write(transport, data)
     return 0

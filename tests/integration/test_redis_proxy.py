@@ -231,6 +231,44 @@ def test_client_that_never_reads_is_bounded(rig: Rig, r: redis.Redis) -> None:
     s.close()
 
 
+def test_replies_to_a_slow_reader_stay_in_order(rig: Rig, r: redis.Redis) -> None:
+    """Writer Rule 8: replies larger than a socket holds (6 MB), each followed by small ones,
+    to a client that reads slowly, each request sent on its own so each reply is its own
+    flush. A large reply goes out in part and the transport keeps the rest; the small
+    replies behind it wait for that rest. Every byte arrives, in order."""
+    big = {i: bytes([65 + i]) * (6_000_000 + i) for i in range(3)}
+    for i, value in big.items():
+        r.set(f"slow-big{i}", value)
+    for j in range(100):
+        r.set(f"slow-small{j}", f"s{j}")
+    smalls = b"".join(b"$%d\r\ns%d\r\n" % (len(str(j)) + 1, j) for j in range(100))
+    expected = b"".join(b"$%d\r\n%s\r\n" % (len(big[i]), big[i]) + smalls for i in range(3))
+    s = rig.connect()
+    got = bytearray()
+
+    def read_slowly() -> None:
+        time.sleep(0.05)
+        while len(got) < len(expected):
+            chunk = s.recv(4096)
+            if not chunk:
+                return
+            got.extend(chunk)
+            time.sleep(0.0001)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    for i in range(3):
+        s.sendall(resp("GET", f"slow-big{i}"))
+        time.sleep(0.002)
+        for j in range(100):
+            s.sendall(resp("GET", f"slow-small{j}"))
+            time.sleep(0.0003)  # its own read and flush in the proxy
+    reader.join(30)
+    s.close()
+    assert len(got) == len(expected)
+    assert bytes(got) == expected
+
+
 def test_auth_and_select(procs) -> None:
     with Rig("keyshard", nbackends=2, redis_auth="sesame", redis_db=3) as rig:
         for b in rig.backends:

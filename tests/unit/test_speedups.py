@@ -14,6 +14,7 @@ import inspect
 import itertools
 import math
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -927,6 +928,85 @@ def test_writer_keeps_its_list_in_both_twins(monkeypatch: pytest.MonkeyPatch) ->
         (False, [], [b"x" * half + b"y" * half], [2]),
         (True, [], [], []),
     ]
+
+
+class _UvloopLikeTransport(_Transport):
+    """Says it is uvloop's (writer Rule 8 writes to its socket itself), over a real socket;
+    `held` is what it says it still holds of earlier writes."""
+
+    __module__ = "uvloop.fake"
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.held = 0
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+
+def _received(sock: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        out += chunk
+
+
+@needs_net
+def test_writer_writes_uvloop_sockets_itself_only_when_nothing_is_held() -> None:
+    """Writer Rule 8 (compiled only): a flush to a uvloop transport that holds nothing goes
+    to the socket itself; what the socket does not take goes to the transport, and so does
+    every flush while the transport holds some of an earlier one (a gathered one, the rest
+    of a partial one), so nothing overtakes it. The reference gives all to the transport."""
+    from keyshard.net import writer
+    from keyshard.net.client import ClientConn
+
+    direct = not FORCED_PURE
+    rt, loop, _ = _runtime(1)
+    client = ClientConn(rt)
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    t = _UvloopLikeTransport(ours)
+    client.connection_made(t)  # type: ignore[arg-type]
+    try:
+        client.write(b"one")
+        loop.run()
+        assert (_received(peer), t.out) == ((b"one", []) if direct else (b"", [b"one"]))
+        half = writer.GATHER_BYTES // 2
+        client.write(b"x" * half)
+        client.write(b"y" * half)
+        t.held = 7  # gathered: the transport has it, and holds part of it
+        loop.run()
+        assert t.gathered == [2] and t.out[-1] == b"x" * half + b"y" * half
+        client.write(b"two")
+        loop.run()
+        assert (_received(peer), t.out[-1]) == (b"", b"two")
+        t.held = 0
+        client.write(b"three")
+        loop.run()
+        assert (_received(peer), t.out[-1]) == ((b"three", b"two") if direct else (b"", b"three"))
+        big = bytes(range(256)) * (64 << 10)  # 16 MB: more than the socket takes
+        client.write(big)
+        loop.run()
+        first = _received(peer)
+        if direct:
+            assert 0 < len(first) < len(big) and first + t.out[-1] == big
+            t.held = len(big) - len(first)  # the transport holds the rest
+            client.write(b"four")
+            loop.run()
+            assert (_received(peer), t.out[-1]) == (b"", b"four")
+        else:
+            assert (first, t.out[-1]) == (b"", big)
+    finally:
+        ours.close()
+        peer.close()
 
 
 @needs_net

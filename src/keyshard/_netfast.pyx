@@ -48,6 +48,10 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from posix.unistd cimport write as c_write
+from libc.errno cimport errno as c_errno, EAGAIN, EINTR
+
+cdef extern from "errno.h":
+    int EWOULDBLOCK  # EAGAIN on Linux; not in Cython's libc.errno
 
 cdef extern from "Python.h":
     # `del lst[low:high]` with itemlist NULL, without making a slice object

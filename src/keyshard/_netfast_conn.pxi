@@ -146,6 +146,7 @@ cdef object _t_closing = None
 cdef object _t_write = None
 cdef object _t_writelines = None
 cdef bint _t_direct = False  # uvloop's: its socket may be written directly (Rule 8)
+cdef object _t_force_close = None  # uvloop's `_force_close(exc)`, what its write error calls
 cdef Py_ssize_t GATHER_BYTES = 16384  # keyshard.net.writer.GATHER_BYTES (Rule 5 there)
 WRITER_GATHER_BYTES = GATHER_BYTES  # for the tests: the same as the reference's
 
@@ -174,11 +175,17 @@ cdef int _fd_of(ConnFields self, object transport, bint direct) except -2:
     return fd
 
 
-cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint direct) except -2:
+cdef enum:
+    W_FAILED = -3  # `_direct`: the write failed and the transport was closed with its error
+
+
+cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint direct,
+                        object force_close) except -2:
     """Writer Rule 8: write `data` to the socket itself when uvloop holds nothing of this
-    connection's; how much went, or -1 when it was not tried or failed (EAGAIN included).
-    The caller hands the rest, or all of it, to the transport, which buffers it, or meets
-    the error again and handles it as it always does."""
+    connection's; how much went, or -1 when it was not tried or would block (the caller
+    hands the rest, or all of it, to the transport, which buffers it). A failed write has
+    taken the socket's error (a reset reads as ECONNRESET once, then as EPIPE), so the
+    transport is closed with it here, as uvloop's own failed write does: W_FAILED."""
     cdef int fd = self._fd if self._fd_of is transport else _fd_of(self, transport, direct)
     if fd < 0:
         return -1
@@ -186,11 +193,18 @@ cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint dire
         if transport.get_write_buffer_size():
             return -1
         self._wpending = False
-    return c_write(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    cdef Py_ssize_t n = c_write(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    if n >= 0:
+        return n
+    cdef int err = c_errno
+    if err == EAGAIN or err == EWOULDBLOCK or err == EINTR:
+        return -1
+    force_close(transport, OSError(err, os.strerror(err)))
+    return W_FAILED
 
 
 cdef int _writer_flush(ConnFields self) except -1:
-    global _t_type, _t_closing, _t_write, _t_writelines, _t_direct
+    global _t_type, _t_closing, _t_write, _t_writelines, _t_direct, _t_force_close
     self.dirty = False
     cdef list wbuf = self.wbuf
     if not wbuf:
@@ -201,11 +215,13 @@ cdef int _writer_flush(ConnFields self) except -1:
     cls = type(transport)
     if cls is not _t_type:
         _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
-        _t_direct = (cls.__module__ or "").startswith("uvloop")
+        _t_force_close = getattr(cls, "_force_close", None)
+        _t_direct = (cls.__module__ or "").startswith("uvloop") and _t_force_close is not None
         _t_type = cls
     write = _t_write  # is_closing might flush a transport of another type
     writelines = _t_writelines
     cdef bint direct = _t_direct
+    force_close = _t_force_close
     cdef Py_ssize_t n = len(wbuf)
     if _t_closing(transport):
         PyList_SetSlice(wbuf, 0, n, NULL)
@@ -223,8 +239,8 @@ cdef int _writer_flush(ConnFields self) except -1:
         PyList_SetSlice(wbuf, 0, n, NULL)
     cdef Py_ssize_t sent = -1
     if type(data) is bytes:
-        sent = _direct(self, transport, <bytes>data, direct)
-        if sent == PyBytes_GET_SIZE(data):
+        sent = _direct(self, transport, <bytes>data, direct, force_close)
+        if sent == PyBytes_GET_SIZE(data) or sent == W_FAILED:
             return 0
         if sent > 0:
             data = data[sent:]

@@ -940,12 +940,17 @@ class _UvloopLikeTransport(_Transport):
         super().__init__()
         self.sock = sock
         self.held = 0
+        self.forced: Exception | None = None
 
     def get_extra_info(self, name: str) -> Any:
         return self.sock if name == "socket" else None
 
     def get_write_buffer_size(self) -> int:
         return self.held
+
+    def _force_close(self, exc: Exception | None) -> None:  # what uvloop's failed write calls
+        self.forced = exc
+        self.closed = True
 
 
 def _received(sock: socket.socket) -> bytes:
@@ -963,7 +968,8 @@ def test_writer_writes_uvloop_sockets_itself_only_when_nothing_is_held() -> None
     """Writer Rule 8 (compiled only): a flush to a uvloop transport that holds nothing goes
     to the socket itself; what the socket does not take goes to the transport, and so does
     every flush while the transport holds some of an earlier one (a gathered one, the rest
-    of a partial one), so nothing overtakes it. The reference gives all to the transport."""
+    of a partial one), so nothing overtakes it; a failed write closes the transport with its
+    error (`_force_close`). The reference gives all to the transport."""
     from keyshard.net import writer
     from keyshard.net.client import ClientConn
 
@@ -1004,6 +1010,17 @@ def test_writer_writes_uvloop_sockets_itself_only_when_nothing_is_held() -> None
             assert (_received(peer), t.out[-1]) == (b"", b"four")
         else:
             assert (first, t.out[-1]) == (b"", big)
+        t.held = 0
+        _received(peer)
+        client.write(b"five")
+        loop.run()
+        peer.close()  # the socket's error is taken by the direct write: the transport is
+        client.write(b"lost")  # closed with it, as uvloop closes it when its write fails
+        loop.run()
+        if direct:
+            assert isinstance(t.forced, BrokenPipeError) and t.closed and t.out[-1] == b"four"
+        else:
+            assert t.out[-2:] == [b"five", b"lost"]
     finally:
         ours.close()
         peer.close()

@@ -50,8 +50,12 @@ Rule 8: the compiled writer (`keyshard._netfast`) writes a flush of one buffer, 
         as long as the transport holds nothing of this connection's: uvloop's own write
         path (its write context, a Python-level list clear, the checks) was a fifth of
         keyshard's user time under memcslap set. What the socket does not take goes to the
-        transport, which buffers it and waits for the socket as before; so does any error,
-        which the transport then meets and handles as it always did. Once the transport
+        transport, which buffers it and waits for the socket as before. A failed write
+        closes the transport with the error (uvloop's `_force_close`, what its own failed
+        write calls): the socket hands a pending error out once (a reset reads as
+        ECONNRESET, then as EPIPE), so the transport trying again would report another one
+        than nutcracker does (tests/compat: test_reset). Without `_force_close`, no direct
+        writes. Once the transport
         has been given data (the rest of a partial write, a gathered flush, EAGAIN), the
         connection is written directly again only when `get_write_buffer_size()` is 0, so
         nothing overtakes what the transport holds. The reference gives everything to the

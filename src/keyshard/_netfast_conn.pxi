@@ -203,8 +203,18 @@ cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint dire
     return W_FAILED
 
 
-cdef int _writer_flush(ConnFields self) except -1:
+cdef int _cache_type(object cls) except -1:
+    """A transport type's methods, and whether Rule 8 may write its sockets (uvloop's, with
+    the `_force_close` its own failed write calls), fetched once per type."""
     global _t_type, _t_closing, _t_write, _t_writelines, _t_direct, _t_force_close
+    _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
+    _t_force_close = getattr(cls, "_force_close", None)
+    _t_direct = (cls.__module__ or "").startswith("uvloop") and _t_force_close is not None
+    _t_type = cls
+    return 0
+
+
+cdef int _writer_flush(ConnFields self) except -1:
     self.dirty = False
     cdef list wbuf = self.wbuf
     if not wbuf:
@@ -212,12 +222,8 @@ cdef int _writer_flush(ConnFields self) except -1:
     transport = self.transport
     if transport is None:
         return 0  # not connected yet: connection_made flushes
-    cls = type(transport)
-    if cls is not _t_type:
-        _t_closing, _t_write, _t_writelines = cls.is_closing, cls.write, cls.writelines
-        _t_force_close = getattr(cls, "_force_close", None)
-        _t_direct = (cls.__module__ or "").startswith("uvloop") and _t_force_close is not None
-        _t_type = cls
+    if type(transport) is not _t_type:
+        _cache_type(type(transport))
     write = _t_write  # is_closing might flush a transport of another type
     writelines = _t_writelines
     cdef bint direct = _t_direct
@@ -237,7 +243,14 @@ cdef int _writer_flush(ConnFields self) except -1:
     else:
         data = b"".join(wbuf)
         PyList_SetSlice(wbuf, 0, n, NULL)
-    cdef Py_ssize_t sent = -1
+    return _write_out(self, transport, data, write, direct, force_close)
+
+
+cdef int _write_out(ConnFields self, object transport, object data, object write, bint direct,
+                    object force_close) except -1:
+    """One flush's data: to the socket itself (Rule 8), and what that does not send to the
+    transport."""
+    cdef Py_ssize_t sent
     if type(data) is bytes:
         sent = _direct(self, transport, <bytes>data, direct, force_close)
         if sent == PyBytes_GET_SIZE(data) or sent == W_FAILED:

@@ -161,7 +161,7 @@ cdef inline bint _gather(list wbuf) except -1:
     return False
 
 
-cdef int _fd_of(ConnFields self, object transport, bint direct) except -2:
+cdef int _socket_of(ConnFields self, object transport, bint direct) except -2:
     """The socket of `transport` when writer Rule 8 may write to it itself, else -1 (looked
     up once per transport)."""
     cdef int fd = -1
@@ -186,7 +186,7 @@ cdef Py_ssize_t _direct(ConnFields self, object transport, bytes data, bint dire
     hands the rest, or all of it, to the transport, which buffers it). A failed write has
     taken the socket's error (a reset reads as ECONNRESET once, then as EPIPE), so the
     transport is closed with it here, as uvloop's own failed write does: W_FAILED."""
-    cdef int fd = self._fd if self._fd_of is transport else _fd_of(self, transport, direct)
+    cdef int fd = self._fd if self._fd_of is transport else _socket_of(self, transport, direct)
     if fd < 0:
         return -1
     if self._wpending:  # the transport was given data: written only once it has none left

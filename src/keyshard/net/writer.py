@@ -55,11 +55,11 @@ Rule 8: the compiled writer (`keyshard._netfast`) writes a flush of one buffer, 
         write calls): the socket hands a pending error out once (a reset reads as
         ECONNRESET, then as EPIPE), so the transport trying again would report another one
         than nutcracker does (tests/compat: test_reset). Without `_force_close`, no direct
-        writes. Once the transport
-        has been given data (the rest of a partial write, a gathered flush, EAGAIN), the
-        connection is written directly again only when `get_write_buffer_size()` is 0, so
-        nothing overtakes what the transport holds. The reference gives everything to the
-        transport: the bytes on the wire and their order are the same.
+        writes. Once the transport has been given data (the rest of a partial write, a
+        gathered flush, EAGAIN), the connection is written directly again only when
+        `get_write_buffer_size()` is 0, so nothing overtakes what the transport holds. The
+        reference gives everything to the transport: the bytes on the wire and their order
+        are the same.
 """
 
 from __future__ import annotations

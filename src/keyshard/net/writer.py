@@ -28,7 +28,8 @@ Rule 5: a flush of several buffers that add up to `GATHER_BYTES` or more (4 KB v
         replies) goes out as `transport.writelines`, one gathered write (writev) from the
         buffers as they are, instead of being joined: a join copies every byte once more in
         user space before the kernel copies it again. Smaller flushes are joined, which is
-        cheaper than gathering a handful of short pieces.
+        cheaper than gathering a handful of short pieces: a `writev` costs the kernel more
+        per buffer than a join costs per short one (bench/gather.c times both).
 Rule 6: where Rule 4 does not hold (memcache), a server's read writes the replies of each
         client that waits for nothing more right away (`ClientConn.drain(eager=True)`), not
         from the flusher's next round: the round trip is what sets the rate there (Rule 4).

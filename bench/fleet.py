@@ -36,19 +36,25 @@ FLOOR_SRC = ROOT / "bench" / "floor.c"
 _handed_out: set[int] = set()
 
 
-def build_floor(out_dir: Path) -> Path:
-    """Compile bench/floor.c (the floor proxy, `--proxies ...,floor`) into out_dir; the
-    binary's path, or RuntimeError with the compiler's complaint."""
+def build_c(src: Path, out_dir: Path, *flags: str) -> Path:
+    """Compile one C file of bench/ (`-O2`, then `flags` after the source, e.g. `-lpthread`)
+    into out_dir, named as the file without `.c`; the binary's path, or RuntimeError with
+    the compiler's complaint."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("the floor proxy needs a C compiler (cc or gcc, or $CC)")
+        raise RuntimeError(f"{src.name} needs a C compiler (cc or gcc, or $CC)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    binary = out_dir / "floor"
-    cp = subprocess.run([cc, "-O2", "-o", str(binary), str(FLOOR_SRC)], capture_output=True,
+    binary = out_dir / src.stem
+    cp = subprocess.run([cc, "-O2", "-o", str(binary), str(src), *flags], capture_output=True,
                         text=True, timeout=120, check=False)
     if cp.returncode != 0:
-        raise RuntimeError(f"building the floor proxy failed: {cp.stderr.strip()[-400:]}")
+        raise RuntimeError(f"building {src.name} failed: {cp.stderr.strip()[-400:]}")
     return binary
+
+
+def build_floor(out_dir: Path) -> Path:
+    """Compile bench/floor.c (the floor proxy, `--proxies ...,floor`) into out_dir."""
+    return build_c(FLOOR_SRC, out_dir)
 
 
 def free_port() -> int:

@@ -4,23 +4,18 @@ and delivers every byte it sends, both ways (joined and gathered), partial write
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "bench" / "gather.c"
+from bench import fleet
 
 
 @pytest.fixture(scope="module")
 def gather(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc is not None, "needs a C compiler, as bench/floor.c and the compiled extension do"
-    binary = tmp_path_factory.mktemp("gather") / "gather"
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(binary), str(SRC), "-lpthread"],
-                   check=True, timeout=120)
-    return binary
+    return fleet.build_c(fleet.ROOT / "bench" / "gather.c", tmp_path_factory.mktemp("gather"),
+                         "-Wall", "-Werror", "-lpthread")
 
 
 @pytest.mark.parametrize("k, size, flushes", [(1, 1, 50), (16, 10, 200), (64, 65536, 3)])
